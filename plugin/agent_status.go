@@ -379,6 +379,17 @@ func shortCaps(caps []string) []string {
 	return out
 }
 
+// allCapabilities counts CAP_CHOWN through CAP_CHECKPOINT_RESTORE (Linux 5.9+).
+const allCapabilities = 41
+
+// capsCell keeps the table readable for an unconfined agent: "ALL" instead of 41 names.
+func capsCell(caps []string, wide bool) string {
+	if !wide && len(caps) >= allCapabilities {
+		return "ALL"
+	}
+	return dash(strings.Join(caps, ","))
+}
+
 func yesNo(b bool) string {
 	if b {
 		return "yes"
@@ -420,7 +431,7 @@ func writeStatusTable(w io.Writer, rows []NodeStatus, wide bool) error {
 			if wide {
 				cells = append(cells, yesNo(r.HostPID), dash(r.GoVersion))
 			}
-			cells = append(cells, dash(strings.Join(r.Capabilities, ",")))
+			cells = append(cells, capsCell(r.Capabilities, wide))
 		}
 		fmt.Fprintln(tw, strings.Join(cells, "\t"))
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -146,5 +147,26 @@ func TestReachError(t *testing.T) {
 func TestNotInstalledNamesTheNamespace(t *testing.T) {
 	if got := errNotInstalled("perf").Error(); got != "agent not installed: namespace perf not found; run `kubectl mesh agent install -n perf`" {
 		t.Errorf("%q", got)
+	}
+}
+
+func TestCapsCell(t *testing.T) {
+	all := make([]string, allCapabilities)
+	for i := range all {
+		all[i] = fmt.Sprintf("CAP%d", i)
+	}
+	for _, tc := range []struct {
+		caps []string
+		wide bool
+		want string
+	}{
+		{nil, false, "-"},
+		{[]string{"BPF", "PERFMON"}, false, "BPF,PERFMON"},
+		{all, false, "ALL"},
+		{all, true, strings.Join(all, ",")},
+	} {
+		if got := capsCell(tc.caps, tc.wide); got != tc.want {
+			t.Errorf("capsCell(%d caps, wide=%v) = %q, want %q", len(tc.caps), tc.wide, got, tc.want)
+		}
 	}
 }
