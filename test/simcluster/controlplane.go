@@ -153,6 +153,8 @@ func (c *Cluster) startControllers() error {
 		"--controllers", "*,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller",
 		// The default is under /usr/libexec, which the controller-manager would create.
 		"--flex-volume-plugin-dir", filepath.Join(c.dir, "controller-manager", "flexvolume"),
+		// The defaults (20/s) take a minute to create a DaemonSet's pods on a thousand nodes.
+		"--kube-api-qps", "500", "--kube-api-burst", "1000",
 		"--v=1",
 	); err != nil {
 		return err
@@ -161,6 +163,7 @@ func (c *Cluster) startControllers() error {
 		"--kubeconfig", kc, "--authentication-kubeconfig", kc, "--authorization-kubeconfig", kc,
 		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(schedPort),
 		"--leader-elect=false",
+		"--kube-api-qps", "500", "--kube-api-burst", "1000",
 		"--v=1",
 	)
 	return err

@@ -119,6 +119,9 @@ func (c *Cluster) startKwok(ctx context.Context) error {
 		return err
 	}
 	for _, a := range st.Agents {
+		if c.opts.NoKwokAgents {
+			break
+		}
 		if err := c.StartKwokAgent(a.Node); err != nil {
 			return err
 		}

@@ -32,6 +32,9 @@ import (
 type Options struct {
 	// KwokNodes is the number of kwok fake nodes, each with its own local mesh-agent process.
 	KwokNodes int
+	// NoKwokAgents leaves the kwok nodes without local agents: their agent pods exist but
+	// nothing answers, which is enough for API-side scale runs of a thousand nodes.
+	NoKwokAgents bool
 	// RealNode adds one node with a real kubelet and containerd.
 	RealNode bool
 	// CacheDir holds built binaries, images and cluster state. Default: env MESH_SIM_CACHE, else
