@@ -89,15 +89,7 @@ agent is ready on every selected node. Running it again upgrades in place.`,
   # Print the manifests instead of applying them
   %[1]s agent install --dry-run=client -o yaml > mesh-agent.yaml`, displayName),
 		Args: cobra.NoArgs,
-		RunE: func(c *cobra.Command, args []string) error {
-			if err := o.Complete(c, args); err != nil {
-				return err
-			}
-			if err := o.Validate(); err != nil {
-				return err
-			}
-			return o.Run(c.Context())
-		},
+		RunE: runE(o),
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.Image, "image", o.Image, "agent container image")

@@ -93,15 +93,7 @@ command then exits with status 1.`,
   # Only some nodes, with a longer wait for slow ones
   %[1]s agent status --node-selector pool=perf --timeout 30s`, displayName),
 		Args: cobra.NoArgs,
-		RunE: func(c *cobra.Command, args []string) error {
-			if err := o.Complete(c, args); err != nil {
-				return err
-			}
-			if err := o.Validate(); err != nil {
-				return err
-			}
-			return o.Run(c.Context())
-		},
+		RunE: runE(o),
 	}
 	f := cmd.Flags()
 	addOutputFlag(cmd, &o.Output, statusOutputs, "Output format.")

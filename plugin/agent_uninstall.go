@@ -66,12 +66,7 @@ of the kinds install creates. Running it when nothing is installed succeeds.`,
   # Return at once; the cluster finishes the deletion
   %[1]s agent uninstall --wait=false`, displayName),
 		Args: cobra.NoArgs,
-		RunE: func(c *cobra.Command, args []string) error {
-			if err := o.Validate(); err != nil {
-				return err
-			}
-			return o.Run(c.Context())
-		},
+		RunE: runE(o),
 	}
 	f := cmd.Flags()
 	f.BoolVar(&o.Wait, "wait", o.Wait, "wait until the objects are gone")
@@ -80,6 +75,9 @@ of the kinds install creates. Running it when nothing is installed succeeds.`,
 	_ = cmd.RegisterFlagCompletionFunc("cascade", fixedCompletion(cascadeBackground, cascadeForeground))
 	return cmd
 }
+
+// Complete has nothing to derive: uninstall works across namespaces, by label.
+func (o *UninstallOptions) Complete(*cobra.Command, []string) error { return nil }
 
 func (o *UninstallOptions) Validate() error {
 	if err := validateChoice("cascade", o.Cascade, []string{cascadeBackground, cascadeForeground}); err != nil {

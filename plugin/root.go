@@ -32,6 +32,25 @@ func run(ctx context.Context, args []string, streams genericiooptions.IOStreams)
 	return exitOK
 }
 
+// options is the Complete → Validate → Run shape every command's options share.
+type options interface {
+	Complete(c *cobra.Command, args []string) error
+	Validate() error
+	Run(ctx context.Context) error
+}
+
+func runE(o options) func(*cobra.Command, []string) error {
+	return func(c *cobra.Command, args []string) error {
+		if err := o.Complete(c, args); err != nil {
+			return err
+		}
+		if err := o.Validate(); err != nil {
+			return err
+		}
+		return o.Run(c.Context())
+	}
+}
+
 // NewCmdMesh builds the command tree. The kubectl connection flags (--kubeconfig, --context,
 // -n, …) are persistent so that every subcommand accepts them.
 func NewCmdMesh(streams genericiooptions.IOStreams) *cobra.Command {

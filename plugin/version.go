@@ -58,23 +58,29 @@ another version than the plugin is reported on stderr: run install again to alig
   # Plugin only, without contacting the cluster
   %[1]s version --client`, displayName),
 		Args: cobra.NoArgs,
-		RunE: func(c *cobra.Command, args []string) error {
-			o.namespace = agentNamespace(c, o.configFlags)
-			if o.Output != "" {
-				if err := validateChoice("output", o.Output, versionOutputs); err != nil {
-					return err
-				}
-			}
-			if o.Timeout <= 0 {
-				return fmt.Errorf("invalid --timeout %s: must be positive", o.Timeout)
-			}
-			return o.Run(c.Context())
-		},
+		RunE: runE(o),
 	}
 	cmd.Flags().BoolVar(&o.ClientOnly, "client", false, "print only the plugin's version")
 	cmd.Flags().DurationVar(&o.Timeout, "timeout", o.Timeout, "how long to wait for each agent")
 	addOutputFlag(cmd, &o.Output, versionOutputs, "Output format; the default is plain text.")
 	return cmd
+}
+
+func (o *VersionOptions) Complete(c *cobra.Command, _ []string) error {
+	o.namespace = agentNamespace(c, o.configFlags)
+	return nil
+}
+
+func (o *VersionOptions) Validate() error {
+	if o.Output != "" {
+		if err := validateChoice("output", o.Output, versionOutputs); err != nil {
+			return err
+		}
+	}
+	if o.Timeout <= 0 {
+		return fmt.Errorf("invalid --timeout %s: must be positive", o.Timeout)
+	}
+	return nil
 }
 
 func (o *VersionOptions) Run(ctx context.Context) error {

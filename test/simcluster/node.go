@@ -257,8 +257,8 @@ func (c *Cluster) makeCgroupRoot() error {
 func cgroupHierarchies() []string {
 	var out []string
 	for _, m := range mounts() {
-		if m.fstype == "cgroup" || m.fstype == "cgroup2" {
-			out = append(out, m.point)
+		if m.FSType == "cgroup" || m.FSType == "cgroup2" {
+			out = append(out, m.Mountpoint)
 		}
 	}
 	return out

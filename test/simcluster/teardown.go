@@ -1,7 +1,6 @@
 package simcluster
 
 import (
-	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -14,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/moby/sys/mountinfo"
 )
 
 // teardown removes everything the cluster described by st put on the host. live holds the
@@ -225,52 +226,10 @@ func removeCgroups(root string) error {
 	return errors.Join(errs...)
 }
 
-type mountEntry struct{ point, fstype string }
-
-// mounts parses /proc/self/mountinfo.
-func mounts() []mountEntry {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var out []mountEntry
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		sep := -1
-		for i, x := range fields {
-			if x == "-" {
-				sep = i
-				break
-			}
-		}
-		if len(fields) < 5 || sep < 0 || sep+1 >= len(fields) {
-			continue
-		}
-		out = append(out, mountEntry{point: unescapeMount(fields[4]), fstype: fields[sep+1]})
-	}
-	return out
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for space and so on).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+// mounts lists this process's mounts (the host's: the harness runs in the host's namespace).
+func mounts() []*mountinfo.Info {
+	m, _ := mountinfo.GetMounts(nil)
+	return m
 }
 
 // mountsUnder lists mount points inside dir.
@@ -278,8 +237,8 @@ func mountsUnder(dir string) []string {
 	var out []string
 	prefix := strings.TrimRight(dir, "/") + "/"
 	for _, m := range mounts() {
-		if strings.HasPrefix(m.point, prefix) {
-			out = append(out, m.point)
+		if strings.HasPrefix(m.Mountpoint, prefix) {
+			out = append(out, m.Mountpoint)
 		}
 	}
 	return out
