@@ -33,6 +33,7 @@ test: deps
 
 # Measurement programs: print figures, assert nothing about speed.
 bench: deps
+	$(GO) test -run '^$$' -bench . ./pkg/agents ./plugin
 	$(GO) run ./test/bench
 
 # The simulated cluster with the agent installed, and its status for every node.

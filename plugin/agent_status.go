@@ -68,7 +68,7 @@ func NewStatusOptions(flags *genericclioptions.ConfigFlags, streams genericioopt
 	return &StatusOptions{
 		configFlags: flags,
 		IOStreams:   streams,
-		Concurrency: 16,
+		Concurrency: agents.DefaultConcurrency,
 		Timeout:     10 * time.Second,
 		reach:       defaultReach(flags),
 	}

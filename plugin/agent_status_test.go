@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 
@@ -167,6 +168,24 @@ func TestCapsCell(t *testing.T) {
 	} {
 		if got := capsCell(tc.caps, tc.wide); got != tc.want {
 			t.Errorf("capsCell(%d caps, wide=%v) = %q, want %q", len(tc.caps), tc.wide, got, tc.want)
+		}
+	}
+}
+
+// BenchmarkStatusTable1000 is the rendering part of `agent status` on a 1000-node cluster;
+// test/bench measures the listing and matching against a real apiserver.
+func BenchmarkStatusTable1000(b *testing.B) {
+	rows := make([]NodeStatus, 1000)
+	for i := range rows {
+		rows[i] = healthyRow
+		rows[i].Node = fmt.Sprintf("node-%04d", i)
+		if i%10 == 0 {
+			rows[i] = NodeStatus{Node: rows[i].Node, Pod: "mesh-agent-q9zzl", Error: "agent unreachable: connection refused"}
+		}
+	}
+	for b.Loop() {
+		if err := writeStatusTable(io.Discard, rows, false); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

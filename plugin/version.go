@@ -87,7 +87,7 @@ func (o *VersionOptions) Run(ctx context.Context) error {
 	report := VersionReport{ClientVersion: version.Version}
 	var runErr error
 	if !o.ClientOnly {
-		infos, err := collectInfo(ctx, o.reach, o.namespace, labels.Everything(), agents.FanoutOptions{Concurrency: 16, Timeout: o.Timeout})
+		infos, err := collectInfo(ctx, o.reach, o.namespace, labels.Everything(), agents.FanoutOptions{Timeout: o.Timeout})
 		if err != nil {
 			// The plugin's own version is still worth printing before the error.
 			runErr = err

@@ -28,10 +28,22 @@ import (
 	"github.com/kubectl-mesh/kubectl-mesh/test/simcluster"
 )
 
+var concurrency int
+
+// statusArgs is the timed command: `kubectl mesh agent status -o json`.
+func statusArgs() []string {
+	args := []string{"agent", "status", "-o", "json"}
+	if concurrency > 0 {
+		args = append(args, "--concurrency", fmt.Sprint(concurrency))
+	}
+	return args
+}
+
 func main() {
 	nodes := flag.Int("nodes", 1000, "kwok nodes for the API-side run (0 skips it)")
 	agentCount := flag.Int("agents", 50, "kwok nodes with real agent processes for the fan-out run (0 skips it)")
 	runs := flag.Int("runs", 5, "timed runs of each measurement; the median is reported")
+	flag.IntVar(&concurrency, "concurrency", 0, "agent status --concurrency (0: the plugin's default)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -113,7 +125,7 @@ func apiSide(ctx context.Context, binDir string, nodes, runs int) ([]string, err
 		// Every agent is silent here, so status must exit non-zero with a row per node.
 		var rows int
 		d, _ = timed(func() error {
-			out, err := kubectlMesh(ctx, binDir, c.Kubeconfig(), "agent", "status", "-o", "json")
+			out, err := kubectlMesh(ctx, binDir, c.Kubeconfig(), statusArgs()...)
 			rows = countRows(out)
 			return err
 		})
@@ -142,7 +154,7 @@ func fanout(ctx context.Context, binDir string, agentCount, runs int) ([]string,
 	for range runs {
 		var rows int
 		d, err := timed(func() error {
-			out, err := kubectlMesh(ctx, binDir, c.Kubeconfig(), "agent", "status", "-o", "json")
+			out, err := kubectlMesh(ctx, binDir, c.Kubeconfig(), statusArgs()...)
 			rows = countRows(out)
 			return err
 		})

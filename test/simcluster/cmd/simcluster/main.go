@@ -2,7 +2,7 @@
 // demo` and for trying things by hand) and stops it again.
 //
 //	simcluster build                                  build and cache binaries and images
-//	simcluster start [--kwok-nodes N] [--no-real-node] print the admin kubeconfig path when Ready
+//	simcluster start [--kwok-nodes N] [--no-real-node] [--no-kwok-agents] print the admin kubeconfig path when Ready
 //	simcluster stop                                   stop the clusters `start` left running
 //
 // `start` re-executes itself as a supervisor in its own session, which owns every component
@@ -32,7 +32,7 @@ import (
 
 const usage = `usage:
   simcluster build [--cache DIR]
-  simcluster start [--kwok-nodes N] [--no-real-node] [--cache DIR]
+  simcluster start [--kwok-nodes N] [--no-real-node] [--no-kwok-agents] [--cache DIR]
   simcluster stop [--cache DIR]
 
 The cache defaults to $MESH_SIM_CACHE, else <repository>/.cache. Needs root.
@@ -69,6 +69,7 @@ func main() {
 type startFlags struct {
 	kwokNodes  int
 	noRealNode bool
+	noAgents   bool
 	cache      string
 	log        string // supervisor only: its log file, removed after a clean stop
 }
@@ -78,6 +79,7 @@ func parseStart(name string, args []string) (startFlags, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.IntVar(&f.kwokNodes, "kwok-nodes", 2, "number of kwok fake nodes")
 	fs.BoolVar(&f.noRealNode, "no-real-node", false, "run without the real node (kubelet + containerd)")
+	fs.BoolVar(&f.noAgents, "no-kwok-agents", false, "give kwok nodes no local agent processes (for scale runs of many nodes)")
 	fs.StringVar(&f.cache, "cache", "", "cache directory")
 	if name == "supervise" {
 		fs.StringVar(&f.log, "log", "", "supervisor log file")
@@ -141,7 +143,7 @@ func start(args []string) error {
 		return err
 	}
 	cmd := exec.Command(self, "supervise", "--kwok-nodes", strconv.Itoa(f.kwokNodes),
-		"--no-real-node="+strconv.FormatBool(f.noRealNode), "--cache", cache, "--log", logPath)
+		"--no-real-node="+strconv.FormatBool(f.noRealNode), "--no-kwok-agents="+strconv.FormatBool(f.noAgents), "--cache", cache, "--log", logPath)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{pw}
 	// Its own session: the supervisor outlives this command and the terminal's Ctrl-C.
@@ -229,11 +231,12 @@ func supervise(args []string) error {
 		cancel()
 	}()
 	c, err := simcluster.Start(ctx, simcluster.Options{
-		KwokNodes: f.kwokNodes,
-		RealNode:  !f.noRealNode,
-		CacheDir:  f.cache,
-		Log:       out,
-		Detached:  true,
+		KwokNodes:    f.kwokNodes,
+		RealNode:     !f.noRealNode,
+		NoKwokAgents: f.noAgents,
+		CacheDir:     f.cache,
+		Log:          out,
+		Detached:     true,
 	})
 	if err != nil {
 		out.finish(failedPrefix + strings.ReplaceAll(err.Error(), "\n", "\n  "))
