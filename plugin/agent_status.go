@@ -371,13 +371,14 @@ func shortCaps(caps []string) []string {
 	return out
 }
 
-// allCapabilities counts CAP_CHOWN through CAP_CHECKPOINT_RESTORE (Linux 5.9+).
-const allCapabilities = 41
+// manyCapabilities is where the table stops listing names: the DaemonSet grants four, so an
+// agent holding more than this runs unconfined (e.g. a root process outside a pod).
+const manyCapabilities = 8
 
-// capsCell keeps the table readable for an unconfined agent: "ALL" instead of 41 names.
+// capsCell keeps the table readable for an unconfined agent; -o wide still lists every name.
 func capsCell(caps []string, wide bool) string {
-	if !wide && len(caps) >= allCapabilities {
-		return "ALL"
+	if !wide && len(caps) > manyCapabilities {
+		return fmt.Sprintf("%d (unconfined; -o wide lists them)", len(caps))
 	}
 	return dash(strings.Join(caps, ","))
 }
