@@ -1,0 +1,87 @@
+package abtest
+
+import (
+	"math"
+	"math/rand/v2"
+	"sort"
+	"time"
+)
+
+// bootstrapDeltas computes, for each quantile, through − around from all samples, and a
+// percentile confidence interval from resampling each path's samples with replacement,
+// independently (the paths' requests are different requests, not pairs).
+//
+// Both inputs are sorted. Resampling n values from a sorted slice is the same as drawing how
+// often each index is picked; the resample's order statistics then come from one cumulative
+// pass over those counts, which costs O(n) per resample instead of a sort.
+func bootstrapDeltas(through, around []int64, qs []float64, resamples int, confidence float64, rng *rand.Rand) []Delta {
+	order := make([]int, len(qs))
+	for i := range order {
+		order[i] = i
+	}
+	sort.Slice(order, func(i, j int) bool { return qs[order[i]] < qs[order[j]] })
+
+	deltas := make([][]int64, len(qs))
+	for i := range deltas {
+		deltas[i] = make([]int64, resamples)
+	}
+	countsT := make([]int32, len(through))
+	countsA := make([]int32, len(around))
+	qt := make([]int64, len(qs))
+	qa := make([]int64, len(qs))
+	for r := range resamples {
+		resampleQuantiles(through, qs, order, rng, countsT, qt)
+		resampleQuantiles(around, qs, order, rng, countsA, qa)
+		for i := range qs {
+			deltas[i][r] = qt[i] - qa[i]
+		}
+	}
+
+	alpha := 1 - confidence
+	out := make([]Delta, len(qs))
+	for i, q := range qs {
+		d := deltas[i]
+		sort.Slice(d, func(a, b int) bool { return d[a] < d[b] })
+		lo := int(math.Floor(alpha / 2 * float64(resamples)))
+		hi := int(math.Ceil((1-alpha/2)*float64(resamples))) - 1
+		lo = min(max(lo, 0), resamples-1)
+		hi = min(max(hi, lo), resamples-1)
+		t, a := quantileOfSorted(through, q), quantileOfSorted(around, q)
+		out[i] = Delta{
+			Quantile: q,
+			Value:    time.Duration(t - a),
+			CILow:    time.Duration(d[lo]),
+			CIHigh:   time.Duration(d[hi]),
+			Through:  time.Duration(t),
+			Around:   time.Duration(a),
+		}
+	}
+	return out
+}
+
+// resampleQuantiles draws len(s) indices with replacement and writes the nearest-rank
+// quantiles of that resample into out (indexed like qs; order lists qs ascending).
+func resampleQuantiles(s []int64, qs []float64, order []int, rng *rand.Rand, counts []int32, out []int64) {
+	n := len(s)
+	clear(counts)
+	for range n {
+		counts[rng.IntN(n)]++
+	}
+	cum := 0
+	j := 0
+	for i, c := range counts {
+		cum += int(c)
+		for j < len(order) {
+			k := int(math.Ceil(qs[order[j]] * float64(n)))
+			k = min(max(k, 1), n)
+			if cum < k {
+				break
+			}
+			out[order[j]] = s[i]
+			j++
+		}
+		if j == len(order) {
+			return
+		}
+	}
+}
