@@ -21,6 +21,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/kubectl-mesh/kubectl-mesh/agent/discovery"
 	"github.com/kubectl-mesh/kubectl-mesh/agent/ebpftier"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/agentapi"
 )
@@ -65,6 +69,8 @@ func TestServeOptionsValidate(t *testing.T) {
 		"zero shutdown":       func(o *serveOptions) { o.shutdownTimeout = 0 },
 		"bad log format":      func(o *serveOptions) { o.logFormat = "xml" },
 		"bad log level":       func(o *serveOptions) { o.logLevel = "loud" },
+		"unknown mesh":        func(o *serveOptions) { o.sidecarFlags = []string{"my-proxy=envoymesh"} },
+		"sidecar without =":   func(o *serveOptions) { o.sidecarFlags = []string{"my-proxy"} },
 	} {
 		o := ok()
 		change(o)
@@ -77,6 +83,24 @@ func TestServeOptionsValidate(t *testing.T) {
 	if err := o.validate(); err != nil {
 		t.Errorf("metrics disabled: %v", err)
 	}
+	o = ok()
+	o.sidecarFlags = []string{"my-proxy=istio", "edge=linkerd"}
+	if err := o.validate(); err != nil || o.sidecars["my-proxy"] != discovery.MeshIstio || o.sidecars["edge"] != discovery.MeshLinkerd {
+		t.Errorf("--sidecar-container: %v, %v", err, o.sidecars)
+	}
+}
+
+// envWithout is the test's environment minus the variables that would give the agent
+// API access, so that the binary tests do not depend on who runs them.
+func envWithout() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "KUBECONFIG=") || strings.HasPrefix(kv, "KUBERNETES_SERVICE_") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
 }
 
 func TestTierFlag(t *testing.T) {
@@ -186,6 +210,7 @@ func TestBinaryServesAndStopsOnSIGTERM(t *testing.T) {
 	grpcAddr, metricsAddr := freePort(t), freePort(t)
 	stderr := &syncBuffer{}
 	cmd := exec.Command(bin, "--listen", grpcAddr, "--metrics-listen", metricsAddr, "--node-name", "test-node")
+	cmd.Env = envWithout()
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -245,9 +270,19 @@ func TestBinaryServesAndStopsOnSIGTERM(t *testing.T) {
 		t.Errorf("tier %v but probes %v", info.EbpfTier, info.TierProbes)
 	}
 
+	// No API access: Snapshot says so precisely instead of failing start-up.
+	_, err = agentapi.NewAgentClient(conn).Snapshot(ctx, &agentapi.SnapshotRequest{})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "no Kubernetes API access") {
+		t.Errorf("Snapshot without API access: %v; want FailedPrecondition", err)
+	}
+
 	metrics := scrape(t, metricsAddr)
 	if !strings.Contains(metrics, `mesh_agent_info{kernel="`+info.KernelRelease+`",node="test-node",`) {
 		t.Errorf("no info gauge in metrics:\n%s", metrics)
+	}
+	if !strings.Contains(metrics, "\nmesh_agent_pod_discovery_ready 0\n") ||
+		!regexp.MustCompile(`(?m)^mesh_agent_self_memory_rss_bytes [1-9]`).MatchString(metrics) {
+		t.Errorf("no discovery or agent-cost gauges in metrics:\n%s", metrics)
 	}
 	if attached {
 		// The gRPC calls above were TCP sends on loopback; the attached program saw them.
@@ -352,5 +387,70 @@ func TestBinaryVersion(t *testing.T) {
 	code, out := runAgent(t, "version")
 	if code != 0 || !strings.HasPrefix(out, "mesh-agent "+testVersion+" ") {
 		t.Errorf("exit %d, output %q", code, out)
+	}
+}
+
+// TestBinaryUnreachableAPIServer starts the agent with a kubeconfig whose API server
+// refuses connections: it must still come up at once and answer Snapshot with
+// Unavailable rather than block.
+func TestBinaryUnreachableAPIServer(t *testing.T) {
+	bin := agentBinary(t)
+	grpcAddr, dead := freePort(t), freePort(t) // nothing listens on dead once freePort returns
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://`+dead+`", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stderr := &syncBuffer{}
+	cmd := exec.Command(bin, "--listen", grpcAddr, "--metrics-listen", "", "--node-name", "test-node", "--ebpf-tier", "none",
+		"--sidecar-container", "my-proxy=istio")
+	cmd.Env = append(envWithout(), "KUBECONFIG="+kubeconfig)
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("agent stderr:\n%s", stderr.String())
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if code, _ := runProbe(t, bin, grpcAddr); code == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("agent not healthy after 20s with an unreachable API server")
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("agent exited early: %v", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	conn, err := grpc.NewClient("passthrough:///"+grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = agentapi.NewAgentClient(conn).Snapshot(ctx, &agentapi.SnapshotRequest{})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "pod watch not synced yet") {
+		t.Errorf("Snapshot with an unreachable API server: %v; want Unavailable", err)
+	}
+	if !strings.Contains(stderr.String(), "starting pod watch") {
+		t.Errorf("no pod watch log line:\n%s", stderr.String())
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
@@ -19,10 +20,16 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kubectl-mesh/kubectl-mesh/agent/discovery"
 	"github.com/kubectl-mesh/kubectl-mesh/agent/ebpftier"
 	"github.com/kubectl-mesh/kubectl-mesh/agent/hostinfo"
 	"github.com/kubectl-mesh/kubectl-mesh/agent/metrics"
 	"github.com/kubectl-mesh/kubectl-mesh/agent/server"
+	"github.com/kubectl-mesh/kubectl-mesh/agent/usage"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/agentapi"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/version"
 )
@@ -35,6 +42,10 @@ type serveOptions struct {
 	nodeName        string
 	ebpfTier        string
 	cgroupRoot      string
+	procRoot        string
+	kubeconfig      string
+	sidecarFlags    []string
+	sidecars        map[string]discovery.Mesh
 	shutdownTimeout time.Duration
 	logFormat       string
 	logLevel        string
@@ -51,6 +62,7 @@ func defaultServeOptions() *serveOptions {
 		nodeName:        node,
 		ebpfTier:        autoTier,
 		cgroupRoot:      hostinfo.DefaultPaths.CgroupRoot,
+		procRoot:        discovery.DefaultProcRoot,
 		shutdownTimeout: 10 * time.Second,
 		logFormat:       "text",
 		logLevel:        "info",
@@ -65,6 +77,11 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.StringVar(&o.ebpfTier, "ebpf-tier", o.ebpfTier, "eBPF tier: auto picks the first of tp_btf, raw_tp, fentry, kprobe that attaches; "+
 		"naming one forces it and the agent exits if it does not attach; none disables eBPF")
 	f.StringVar(&o.cgroupRoot, "cgroup-root", o.cgroupRoot, "where the host's cgroup hierarchies are mounted")
+	f.StringVar(&o.procRoot, "proc-root", o.procRoot, "the host's procfs, where sidecar processes are found and measured; "+
+		"with hostPID (as the DaemonSet runs) the agent's own /proc already shows every host process")
+	f.StringVar(&o.kubeconfig, "kubeconfig", o.kubeconfig, "kubeconfig for the pod watch when not running in a pod (default $KUBECONFIG)")
+	f.StringArrayVar(&o.sidecarFlags, "sidecar-container", nil, "treat containers of this name as a mesh's sidecar, as name=mesh "+
+		"(mesh one of istio, linkerd, kuma, consul, osm, nginx); repeatable")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", o.shutdownTimeout, "how long to let in-flight RPCs finish on SIGTERM before cutting them")
 	f.StringVar(&o.logFormat, "log-format", o.logFormat, "log format on stderr: text or json")
 	f.StringVar(&o.logLevel, "log-level", o.logLevel, "log level: debug, info, warn or error")
@@ -117,6 +134,17 @@ func (o *serveOptions) validate() error {
 	}
 	if _, _, err := o.tiers(); err != nil {
 		return err
+	}
+	o.sidecars = nil
+	for _, v := range o.sidecarFlags {
+		name, mesh, err := discovery.ParseSidecarFlag(v)
+		if err != nil {
+			return fmt.Errorf("--sidecar-container %q: %w", v, err)
+		}
+		if o.sidecars == nil {
+			o.sidecars = map[string]discovery.Mesh{}
+		}
+		o.sidecars[name] = mesh
 	}
 	if o.shutdownTimeout <= 0 {
 		return fmt.Errorf("--shutdown-timeout %s: must be positive", o.shutdownTimeout)
@@ -187,6 +215,27 @@ func (o *serveOptions) run(ctx context.Context) error {
 	}
 	facts.Tier, facts.Attempts = probe.Tier, probe.Attempts
 
+	disc := o.startDiscovery(ctx, log, facts.NodeName)
+	// Without a sampler Snapshot says so; Info and the probes must still work.
+	var measurer server.Measurer
+	sampler, err := usage.NewSampler(o.cgroupRoot, o.procRoot)
+	if err != nil {
+		log.Warn("no usage sampling", "err", err)
+	} else {
+		measurer = sampler
+		mounts := map[string]string{discovery.Unified: sampler.Cgroups.UnifiedMount()}
+		for _, c := range []string{"cpu", "cpuacct", "memory"} {
+			mounts[c] = filepath.Join(o.cgroupRoot, c)
+		}
+		facts.CgroupNamespace, err = server.DetectNamespaceRoots(o.procRoot, os.Getpid(), mounts)
+		if err != nil {
+			log.Warn("cannot place the agent's cgroup namespace in the host's hierarchy; sidecar cgroups read as namespace-relative paths will not be found",
+				"err", err)
+		} else if len(facts.CgroupNamespace) > 0 {
+			log.Info("agent runs in a private cgroup namespace", "roots", facts.CgroupNamespace)
+		}
+	}
+
 	lis, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("gRPC listen: %w", err)
@@ -203,6 +252,9 @@ func (o *serveOptions) run(ctx context.Context) error {
 		reg := metrics.NewRegistry(metrics.Info{
 			Node: facts.NodeName, Version: facts.Version, Kernel: facts.Host.KernelRelease, Tier: facts.Tier,
 		}, facts.Attempts, sends)
+		if sampler != nil {
+			metrics.RegisterSidecars(reg, server.NewScraper(disc, sampler, facts.CgroupNamespace, log))
+		}
 		mlis, err := net.Listen("tcp", o.metricsListen)
 		if err != nil {
 			return fmt.Errorf("metrics listen: %w", err)
@@ -217,7 +269,7 @@ func (o *serveOptions) run(ctx context.Context) error {
 	gs := grpc.NewServer()
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
-	agentapi.RegisterAgentServer(gs, server.New(facts))
+	agentapi.RegisterAgentServer(gs, server.New(facts, disc, measurer))
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	hs.SetServingStatus(agentapi.Agent_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	grpcErr := make(chan error, 1)
@@ -258,4 +310,51 @@ func (o *serveOptions) run(ctx context.Context) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// restConfig finds API access: the pod's service account, else --kubeconfig, else
+// $KUBECONFIG (kwok-node agents of the simulated cluster run as host processes).
+func (o *serveOptions) restConfig() (*rest.Config, error) {
+	if o.kubeconfig == "" {
+		cfg, err := rest.InClusterConfig()
+		if err == nil {
+			return cfg, nil
+		}
+		if !errors.Is(err, rest.ErrNotInCluster) {
+			return nil, fmt.Errorf("in-cluster config: %w", err)
+		}
+	}
+	path := o.kubeconfig
+	if path == "" {
+		path = os.Getenv("KUBECONFIG")
+	}
+	if path == "" {
+		return nil, errors.New("not running in a pod (no service account) and neither --kubeconfig nor $KUBECONFIG is set")
+	}
+	// A KUBECONFIG list is merged the way kubectl merges it.
+	rules := &clientcmd.ClientConfigLoadingRules{Precedence: filepath.SplitList(path)}
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// startDiscovery starts the node's pod watch in the background: an unreachable API server
+// must delay neither start-up nor the health probes, only Snapshot (which says so).
+func (o *serveOptions) startDiscovery(ctx context.Context, log *slog.Logger, node string) *server.Discovery {
+	cfg, err := o.restConfig()
+	if err != nil {
+		log.Warn("no Kubernetes API access; Snapshot will be refused", "err", err)
+		return server.NoDiscovery(err)
+	}
+	cfg.UserAgent = "mesh-agent/" + version.Version
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		log.Warn("no Kubernetes API access; Snapshot will be refused", "err", err)
+		return server.NoDiscovery(err)
+	}
+	d := discovery.New(cs, node, discovery.Options{ProcRoot: o.procRoot, SidecarContainers: o.sidecars})
+	log.Info("starting pod watch", "node", node, "api", cfg.Host)
+	return server.StartDiscovery(ctx, d, log)
 }

@@ -86,3 +86,51 @@ func TestRegistryWithoutEBPF(t *testing.T) {
 		t.Errorf("info gauge missing: %v", got)
 	}
 }
+
+type fixedFigures Figures
+
+func (f fixedFigures) Figures() Figures { return Figures(f) }
+
+func TestSidecarSeries(t *testing.T) {
+	reg := NewRegistry(Info{Node: "n"}, nil, nil)
+	RegisterSidecars(reg, fixedFigures{
+		DiscoveryReady: true,
+		Sidecars: []SidecarFigures{
+			{Namespace: "shop", Pod: "web", Container: "istio-proxy", Mesh: "istio", HasCPU: true, CPUMillicores: 12.5, HasMemory: true, WorkingSet: 4096},
+			// First scrape of a new sidecar: memory only, no made-up zero CPU.
+			{Namespace: "shop", Pod: "new", Container: "istio-proxy", Mesh: "istio", HasMemory: true, WorkingSet: 8192},
+		},
+		Meshes:      map[string]int{"istio": 3},
+		HasAgentCPU: true, AgentCPUMillicores: 1.5, HasAgentRSS: true, AgentRSS: 1 << 20,
+	})
+	got := samples(t, reg)
+	web := "{container=istio-proxy,mesh=istio,namespace=shop,pod=web}"
+	for key, want := range map[string]float64{
+		"mesh_agent_sidecar_cpu_millicores" + web:                                                              12.5,
+		"mesh_agent_sidecar_memory_working_set_bytes" + web:                                                    4096,
+		"mesh_agent_sidecar_memory_working_set_bytes{container=istio-proxy,mesh=istio,namespace=shop,pod=new}": 8192,
+		"mesh_agent_sidecars{mesh=istio}":                                                                      3,
+		"mesh_agent_pod_discovery_ready{}":                                                                     1,
+		"mesh_agent_self_cpu_millicores{}":                                                                     1.5,
+		"mesh_agent_self_memory_rss_bytes{}":                                                                   1 << 20,
+	} {
+		if v, ok := got[key]; !ok || v != want {
+			t.Errorf("%s = %v (present %v), want %v", key, v, ok, want)
+		}
+	}
+	if _, ok := got["mesh_agent_sidecar_cpu_millicores{container=istio-proxy,mesh=istio,namespace=shop,pod=new}"]; ok {
+		t.Errorf("CPU series for a sidecar without a rate")
+	}
+
+	reg = NewRegistry(Info{Node: "n"}, nil, nil)
+	RegisterSidecars(reg, fixedFigures{})
+	got = samples(t, reg)
+	if got["mesh_agent_pod_discovery_ready{}"] != 0 || len(got) == 0 {
+		t.Errorf("not ready: %v", got)
+	}
+	for k := range got {
+		if strings.HasPrefix(k, "mesh_agent_sidecar") || strings.HasPrefix(k, "mesh_agent_self_cpu") {
+			t.Errorf("series %s without figures", k)
+		}
+	}
+}

@@ -1,5 +1,5 @@
-// Package server implements the agent's gRPC API (pkg/agentapi) over what the agent
-// learned about its node at start-up.
+// Package server implements the agent's gRPC API (pkg/agentapi): Info over what the agent
+// learned about its node at start-up, Snapshot over pod discovery and usage sampling.
 package server
 
 import (
@@ -22,18 +22,25 @@ type Facts struct {
 	Host      hostinfo.Host
 	Tier      ebpftier.Tier
 	Attempts  []ebpftier.Attempt
+	// CgroupNamespace maps the cgroup paths procfs shows the agent to host paths; nil
+	// when the agent shares the host's cgroup namespace.
+	CgroupNamespace NamespaceRoots
 }
 
 // Agent serves the Agent service. RPCs not written yet answer codes.Unimplemented through
-// the embedded type, which the plugin reports as version skew.
+// the embedded type, which the plugin reports as version skew. It holds no mutable state
+// of its own, so concurrent calls only share the discoverer's (locked) pod cache.
 type Agent struct {
 	agentapi.UnimplementedAgentServer
-	facts Facts
+	facts    Facts
+	disc     *Discovery
+	measurer Measurer
 }
 
-// New returns the service for facts.
-func New(facts Facts) *Agent {
-	return &Agent{facts: facts}
+// New returns the service for facts. disc may be NoDiscovery(reason) and m nil: Info
+// still answers and Snapshot says precisely what is missing.
+func New(facts Facts, disc *Discovery, m Measurer) *Agent {
+	return &Agent{facts: facts, disc: disc, measurer: m}
 }
 
 // Info describes the agent and what its node lets it measure.

@@ -55,7 +55,7 @@ func TestInfo(t *testing.T) {
 			{Tier: ebpftier.TPBTF, Err: errors.New("load program: operation not permitted")},
 			{Tier: ebpftier.RawTP},
 		},
-	}))
+	}, NoDiscovery(errors.New("no kubeconfig")), nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	got, err := c.Info(ctx, &agentapi.InfoRequest{})
@@ -79,14 +79,10 @@ func TestInfo(t *testing.T) {
 }
 
 func TestUnwrittenRPCsAreUnimplemented(t *testing.T) {
-	c := dial(t, New(Facts{}))
+	c := dial(t, New(Facts{}, nil, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err := c.Snapshot(ctx, &agentapi.SnapshotRequest{})
-	if status.Code(err) != codes.Unimplemented {
-		t.Errorf("Snapshot: %v; want Unimplemented", err)
-	}
-	_, err = c.Stop(ctx, &agentapi.StopRequest{})
+	_, err := c.Stop(ctx, &agentapi.StopRequest{})
 	if status.Code(err) != codes.Unimplemented {
 		t.Errorf("Stop: %v; want Unimplemented", err)
 	}
