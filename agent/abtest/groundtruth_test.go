@@ -143,10 +143,12 @@ func TestGroundTruthKnownDelay(t *testing.T) {
 		if wait < d || wait > d+25*time.Microsecond {
 			t.Errorf("d=%v: the proxy waited %v at p50 (its precise wait failed)", d, wait)
 		}
-		if added < d || added > d+150*time.Microsecond {
-			t.Errorf("d=%v: the proxy's residency grew by %v, want d to d+150µs", d, added)
-		}
+		// Two p50s of the proxy's own log differ by d up to the tolerance; above d
+		// by up to 150µs is the cost of waking the app after a hold, inside the sidecar.
 		tol := max(30*time.Microsecond, d/20)
+		if added < d-tol || added > d+150*time.Microsecond {
+			t.Errorf("d=%v: the proxy's residency grew by %v, want d−%v to d+150µs", d, added, tol)
+		}
 		want := base.Value + added
 		t.Logf("d=%v: Δp50 − Δp50(0) = %v; the proxy added %v; error %v (tolerance %v); vs nominal d: %v",
 			d, got.Value-base.Value, added, got.Value-want, tol, got.Value-base.Value-d)
