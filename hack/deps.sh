@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(etcd-server containerd runc containernetworking-plugins iptables iproute2 clang llvm libbpf-dev protobuf-compiler)
+packages=(etcd-server containerd runc containernetworking-plugins iptables iproute2 nginx clang llvm libbpf-dev protobuf-compiler)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

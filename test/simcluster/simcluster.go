@@ -419,6 +419,14 @@ func (c *Cluster) loadRESTConfig() error {
 		return err
 	}
 	cfg.QPS, cfg.Burst = 100, 200
+	// client-go caches transports process-wide, keyed by the CA file's path rather than its
+	// content when the config names files; a later cluster on the same slot (same paths, new
+	// CA) in the same test binary would get a transport that trusts the old CA. Inline data
+	// keys the cache by content.
+	if err := rest.LoadTLSFiles(cfg); err != nil {
+		return err
+	}
+	cfg.CAFile, cfg.CertFile, cfg.KeyFile = "", "", ""
 	c.restCfg = cfg
 	c.client, err = kubernetes.NewForConfig(cfg)
 	return err
