@@ -57,6 +57,7 @@ import (
 	hdrhistogram "github.com/HdrHistogram/hdrhistogram-go"
 
 	"github.com/kubectl-mesh/kubectl-mesh/agent/netns"
+	"github.com/kubectl-mesh/kubectl-mesh/pkg/loadgen"
 )
 
 // Limits that keep a request for an A/B run from turning the agent into a load generator.
@@ -65,10 +66,6 @@ const (
 	MaxDuration    = 10 * time.Minute
 	MaxConnections = 64
 	MaxResamples   = 10000
-	// Histogram range, in microseconds: 1 µs to 60 s at 3 significant figures.
-	histLowest  = 1
-	histHighest = 60_000_000
-	histSigFigs = 3
 )
 
 // Defaults for a Config's zero fields.
@@ -456,9 +453,9 @@ func newPath(name string, ep Endpoint, c Config, seed uint64) *path {
 	buf := int(c.Rate) + 16
 	return &path{
 		name: name, ep: ep, jobs: make(chan time.Time, buf), basis: c.Basis,
-		service:      hdrhistogram.New(histLowest, histHighest, histSigFigs),
-		fromIntended: hdrhistogram.New(histLowest, histHighest, histSigFigs),
-		lateness:     hdrhistogram.New(histLowest, histHighest, histSigFigs),
+		service:      loadgen.NewHistogram(),
+		fromIntended: loadgen.NewHistogram(),
+		lateness:     loadgen.NewHistogram(),
 		maxSamples:   c.MaxSamples,
 		rng:          rand.New(rand.NewPCG(seed, seed>>1|1)),
 	}
@@ -466,7 +463,7 @@ func newPath(name string, ep Endpoint, c Config, seed uint64) *path {
 
 func micros(d time.Duration) int64 {
 	us := (int64(d) + 500) / 1000
-	return min(max(us, histLowest), histHighest)
+	return min(max(us, loadgen.HistogramLowest), loadgen.HistogramHighest)
 }
 
 func (p *path) record(due, sent, done time.Time, measured bool, err error) {

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	hdrhistogram "github.com/HdrHistogram/hdrhistogram-go"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -75,28 +74,6 @@ func TestBootstrapDeterministicAndNarrowing(t *testing.T) {
 	few := bootstrapDeltas(fewT, fewA, []float64{0.5}, 1000, 0.95, rs)
 	if wide, narrow := few[0].CIHigh-few[0].CILow, a[0].CIHigh-a[0].CILow; wide < 2*narrow {
 		t.Errorf("p50 interval width %v with 200 samples, %v with 5000", wide, narrow)
-	}
-}
-
-func TestHistogramProtoRoundTrip(t *testing.T) {
-	h := hdrhistogram.New(histLowest, histHighest, histSigFigs)
-	for v := int64(1); v < 5_000_000; v = v*3/2 + 1 {
-		h.RecordValues(v, v%7+1)
-	}
-	p := HistogramProto(h)
-	back, err := HistogramFromProto(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !back.Equals(h) {
-		t.Fatal("histogram changed in the round trip")
-	}
-	if len(p.Counts) >= len(h.Export().Counts) {
-		t.Errorf("trailing empty buckets kept: %d of %d", len(p.Counts), len(h.Export().Counts))
-	}
-	p.Counts = append(p.Counts, make([]int64, 1<<20)...)
-	if _, err := HistogramFromProto(p); err == nil {
-		t.Error("oversized histogram accepted")
 	}
 }
 

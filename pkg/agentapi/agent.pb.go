@@ -1307,7 +1307,8 @@ type Histogram struct {
 	LowestTrackable    int64                  `protobuf:"varint,1,opt,name=lowest_trackable,json=lowestTrackable,proto3" json:"lowest_trackable,omitempty"`
 	HighestTrackable   int64                  `protobuf:"varint,2,opt,name=highest_trackable,json=highestTrackable,proto3" json:"highest_trackable,omitempty"`
 	SignificantFigures int32                  `protobuf:"varint,3,opt,name=significant_figures,json=significantFigures,proto3" json:"significant_figures,omitempty"`
-	// Counts by bucket index, as in HdrHistogram's Snapshot; trailing empty buckets may be left out.
+	// Counts by bucket index, as in HdrHistogram's Snapshot; a negative entry -n stands for n
+	// empty buckets (HdrHistogram's V2 run-length convention).
 	Counts        []int64 `protobuf:"varint,4,rep,packed,name=counts,proto3" json:"counts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
