@@ -1,7 +1,6 @@
 package simcluster
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -18,9 +17,6 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
@@ -184,7 +180,15 @@ func cachedImage(dir, stem, bin, ref string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	img, err := singleBinaryImage(stem, data)
+	// /tmp because Go programs (and gRPC's health client in exec probes) may want a temp dir.
+	img, err := specImage(ImageSpec{
+		Files: []ImageFile{
+			{Path: "tmp", Dir: true, Mode: 0o1777},
+			{Path: stem, Data: data, Mode: 0o755},
+		},
+		Entrypoint: []string{"/" + stem},
+		Env:        []string{"PATH=/"},
+	})
 	if err != nil {
 		return "", fmt.Errorf("image %s: %w", ref, err)
 	}
@@ -211,47 +215,6 @@ func cachedImage(dir, stem, bin, ref string) (string, error) {
 		}
 	}
 	return path, nil
-}
-
-func singleBinaryImage(stem string, bin []byte) (v1.Image, error) {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	// Fixed times keep the layer digest a function of the binary alone.
-	mtime := time.Unix(0, 0)
-	// /tmp because Go programs (and gRPC's health client in exec probes) may want a temp dir.
-	if err := tw.WriteHeader(&tar.Header{Name: "tmp/", Typeflag: tar.TypeDir, Mode: 0o1777, ModTime: mtime}); err != nil {
-		return nil, err
-	}
-	if err := tw.WriteHeader(&tar.Header{Name: stem, Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(bin)), ModTime: mtime}); err != nil {
-		return nil, err
-	}
-	if _, err := tw.Write(bin); err != nil {
-		return nil, err
-	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	layerBytes := buf.Bytes()
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(layerBytes)), nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		return nil, err
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	cf.Created = v1.Time{Time: mtime}
-	cf.Config.Entrypoint = []string{"/" + stem}
-	cf.Config.Env = []string{"PATH=/"}
-	return mutate.ConfigFile(img, cf)
 }
 
 // repoRoot finds the module root from the working directory (tests run in their package
