@@ -1,5 +1,7 @@
 // Package server implements the agent's gRPC API (pkg/agentapi): Info over what the agent
-// learned about its node at start-up, Snapshot over pod discovery and usage sampling.
+// learned about its node at start-up, Snapshot over pod discovery and usage sampling, and
+// Run, Stop and Result, which load the target pods and measure the latency and cost their
+// sidecars add.
 package server
 
 import (
@@ -27,20 +29,26 @@ type Facts struct {
 	CgroupNamespace NamespaceRoots
 }
 
-// Agent serves the Agent service. RPCs not written yet answer codes.Unimplemented through
-// the embedded type, which the plugin reports as version skew. It holds no mutable state
-// of its own, so concurrent calls only share the discoverer's (locked) pod cache.
+// Agent serves the Agent service. RPCs added to the API later answer codes.Unimplemented
+// through the embedded type, which the plugin reports as version skew. Its only mutable state is
+// the run in progress and the kept results (locked); Info and Snapshot share nothing but
+// the discoverer's (locked) pod cache.
 type Agent struct {
 	agentapi.UnimplementedAgentServer
 	facts    Facts
 	disc     *Discovery
 	measurer Measurer
+	runs     runStore
+	// runPod measures one target of a Run; tests replace it to fake the load.
+	runPod podRunner
 }
 
 // New returns the service for facts. disc may be NoDiscovery(reason) and m nil: Info
 // still answers and Snapshot says precisely what is missing.
 func New(facts Facts, disc *Discovery, m Measurer) *Agent {
-	return &Agent{facts: facts, disc: disc, measurer: m}
+	a := &Agent{facts: facts, disc: disc, measurer: m}
+	a.runPod = a.measurePod
+	return a
 }
 
 // Info describes the agent and what its node lets it measure.

@@ -9,9 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/kubectl-mesh/kubectl-mesh/agent/ebpftier"
@@ -75,27 +73,6 @@ func TestInfo(t *testing.T) {
 		got.TierProbes[0].Error != "load program: operation not permitted" ||
 		got.TierProbes[1].Tier != agentapi.EbpfTier_EBPF_TIER_RAW_TP || !got.TierProbes[1].Ok || got.TierProbes[1].Error != "" {
 		t.Errorf("tier probes = %v", got.TierProbes)
-	}
-}
-
-func TestUnwrittenRPCsAreUnimplemented(t *testing.T) {
-	c := dial(t, New(Facts{}, nil, nil))
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_, err := c.Stop(ctx, &agentapi.StopRequest{})
-	if status.Code(err) != codes.Unimplemented {
-		t.Errorf("Stop: %v; want Unimplemented", err)
-	}
-	_, err = c.Result(ctx, &agentapi.ResultRequest{})
-	if status.Code(err) != codes.Unimplemented {
-		t.Errorf("Result: %v; want Unimplemented", err)
-	}
-	stream, err := c.Run(ctx, &agentapi.RunRequest{})
-	if err == nil {
-		_, err = stream.Recv()
-	}
-	if status.Code(err) != codes.Unimplemented {
-		t.Errorf("Run: %v; want Unimplemented", err)
 	}
 }
 
