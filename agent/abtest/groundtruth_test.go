@@ -140,12 +140,13 @@ func TestGroundTruthKnownDelay(t *testing.T) {
 		added := res - res0
 		t.Logf("d=%v: Δp50 %v [%v, %v] (through %v, around %v); proxy wait p50 %v, residency p50 %v (+%v)",
 			d, got.Value, got.CILow, got.CIHigh, got.Through, got.Around, wait, res, added)
-		if wait < d || wait > d+25*time.Microsecond {
-			t.Errorf("d=%v: the proxy waited %v at p50 (its precise wait failed)", d, wait)
-		}
-		// Two p50s of the proxy's own log differ by d up to the tolerance; above d
-		// by up to 150µs is the cost of waking the app after a hold, inside the sidecar.
+		// The proxy's own wait and the growth of its logged residency get the issue's
+		// tolerance: they check the test's known delay, not the method under test. Above d by
+		// up to 150µs is the cost of waking the app after a hold, inside the sidecar.
 		tol := max(30*time.Microsecond, d/20)
+		if wait < d || wait > d+tol {
+			t.Errorf("d=%v: the proxy waited %v at p50, want d to d+%v (its precise wait failed)", d, wait, tol)
+		}
 		if added < d-tol || added > d+150*time.Microsecond {
 			t.Errorf("d=%v: the proxy's residency grew by %v, want d−%v to d+150µs", d, added, tol)
 		}
