@@ -14,8 +14,8 @@ import (
 // after a 0.5 s warm-up, i.e. about 600 samples per path, enough for a p50 to a few µs.
 func groundTruthConfig(p *testPod) Config {
 	return Config{
-		Through:  Through(net.JoinHostPort(p.podIP, fmt.Sprint(appPort))),
-		Around:   Around(p.nsPath, fmt.Sprintf("127.0.0.1:%d", appPort)),
+		Through:  Through(net.JoinHostPort(p.PodIP, fmt.Sprint(appPort))),
+		Around:   Around(p.NSPath, fmt.Sprintf("127.0.0.1:%d", appPort)),
 		Rate:     400,
 		Duration: 3 * time.Second,
 		Warmup:   500 * time.Millisecond,

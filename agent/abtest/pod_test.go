@@ -23,63 +23,20 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kubectl-mesh/kubectl-mesh/agent/netns"
+	"github.com/kubectl-mesh/kubectl-mesh/agent/netns/podtest"
 )
 
 // The ports Istio uses: the app's, and the inbound proxy's.
 const (
-	appPort   = 8080
-	proxyPort = 15006
-	proxyUID  = 1337
+	appPort   = podtest.AppPort
+	proxyPort = podtest.ProxyPort
 )
 
 // testPod is a pod without Kubernetes: a named network namespace joined to the host by a veth
 // pair, with Istio's inbound interception (PREROUTING redirect of the app port to the proxy).
 type testPod struct {
-	name, nsPath  string
-	hostIf, podIf string
-	hostIP, podIP string
-	app           *http.Client
-}
-
-var podSeq atomic.Int32
-
-func run(t *testing.T, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-	}
-}
-
-// freeSubnet picks a /30 in 198.18.160.0/19 that no local interface or route uses. (The
-// simulated cluster uses 198.18.64.0/24 for services, 198.18.128.0/24 for pods and 198.18.255.x.)
-func freeSubnet(t *testing.T) (hostIP, podIP string) {
-	t.Helper()
-	out, err := exec.Command("ip", "-o", "-4", "route", "show", "table", "all").CombinedOutput()
-	if err != nil {
-		t.Fatalf("ip route: %v: %s", err, out)
-	}
-	addrs, err := exec.Command("ip", "-o", "-4", "addr").CombinedOutput()
-	if err != nil {
-		t.Fatalf("ip addr: %v: %s", err, addrs)
-	}
-	used := string(out) + string(addrs)
-	start := (os.Getpid()*61 + int(podSeq.Add(1))*7) % 2048
-	for i := range 2048 {
-		block := (start + i) % 2048
-		x, y := 160+block/64, (block%64)*4
-		prefix := fmt.Sprintf("198.18.%d.", x)
-		clash := false
-		for k := range 4 {
-			if strings.Contains(used, fmt.Sprintf("%s%d/", prefix, y+k)) || strings.Contains(used, fmt.Sprintf("%s%d ", prefix, y+k)) {
-				clash = true
-			}
-		}
-		if !clash {
-			return fmt.Sprintf("%s%d", prefix, y+1), fmt.Sprintf("%s%d", prefix, y+2)
-		}
-	}
-	t.Fatal("no free /30 in 198.18.160.0/19")
-	return "", ""
+	*podtest.Pod
+	app *http.Client
 }
 
 // newTestPod builds the namespace, veth pair, addresses and interception, and starts the app (a
@@ -87,40 +44,13 @@ func freeSubnet(t *testing.T) (hostIP, podIP string) {
 // Everything is removed when the test ends, failed or not.
 func newTestPod(t *testing.T) *testPod {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("needs root: creates network namespaces, veths and iptables rules")
-	}
-	seq := podSeq.Add(1)
-	p := &testPod{name: fmt.Sprintf("mabt-%d-%d", os.Getpid(), seq)}
-	p.nsPath = "/run/netns/" + p.name
-	tag := fmt.Sprintf("%x%x", os.Getpid()&0xfffff, seq)
-	p.hostIf, p.podIf = "mab"+tag+"h", "mab"+tag+"p"
-	p.hostIP, p.podIP = freeSubnet(t)
-
-	run(t, "ip", "netns", "add", p.name)
-	t.Cleanup(func() {
-		// Deleting the namespace destroys the pod end of the veth and with it the host end
-		// and its qdisc; delete the host end explicitly too in case the move never happened.
-		exec.Command("ip", "link", "del", p.hostIf).Run()
-		if out, err := exec.Command("ip", "netns", "del", p.name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", p.name, err, out)
-		}
-	})
-	run(t, "ip", "link", "add", p.hostIf, "type", "veth", "peer", "name", p.podIf)
-	run(t, "ip", "link", "set", p.podIf, "netns", p.name)
-	run(t, "ip", "addr", "add", p.hostIP+"/30", "dev", p.hostIf)
-	run(t, "ip", "link", "set", p.hostIf, "up")
-	run(t, "ip", "-n", p.name, "addr", "add", p.podIP+"/30", "dev", p.podIf)
-	run(t, "ip", "-n", p.name, "link", "set", p.podIf, "up")
-	run(t, "ip", "-n", p.name, "link", "set", "lo", "up")
-	run(t, "ip", "netns", "exec", p.name, "iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp",
-		"--dport", fmt.Sprint(appPort), "-j", "REDIRECT", "--to-ports", fmt.Sprint(proxyPort))
+	p := &testPod{Pod: podtest.New(t, "mab", 160, 2048)}
 
 	// The app is a process of its own in the pod, as in a real pod: sharing a Go runtime with
 	// the load generator made its wake-up after a 1 ms proxy delay slower than right after the
 	// generator's own write, which is a property of the test, not of the sidecar.
 	app := startChild(t, p, "app")
-	around := &netns.Dialer{NSPath: p.nsPath, Dialer: net.Dialer{Timeout: time.Second}}
+	around := &netns.Dialer{NSPath: p.NSPath, Dialer: net.Dialer{Timeout: time.Second}}
 	waitListening(t, func() (net.Conn, error) { return around.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", appPort)) }, app.exited, "app")
 	p.app = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return around.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", appPort))
@@ -149,14 +79,14 @@ func (p *testPod) appRequests(t *testing.T) int64 {
 // reports false if the kernel has no netem qdisc.
 func (p *testPod) trySetNetem(t *testing.T, delay time.Duration) bool {
 	t.Helper()
-	out, err := exec.Command("tc", "qdisc", "add", "dev", p.hostIf, "root", "netem", "delay", fmt.Sprintf("%dus", delay.Microseconds())).CombinedOutput()
+	out, err := exec.Command("tc", "qdisc", "add", "dev", p.HostIf, "root", "netem", "delay", fmt.Sprintf("%dus", delay.Microseconds())).CombinedOutput()
 	if err != nil {
 		if strings.Contains(string(out), "qdisc kind is unknown") {
 			return false
 		}
 		t.Fatalf("tc qdisc add netem: %v: %s", err, out)
 	}
-	t.Cleanup(func() { exec.Command("tc", "qdisc", "del", "dev", p.hostIf, "root").Run() })
+	t.Cleanup(func() { exec.Command("tc", "qdisc", "del", "dev", p.HostIf, "root").Run() })
 	return true
 }
 
@@ -279,7 +209,7 @@ func startChild(t *testing.T, p *testPod, mode string, env ...string) *childProc
 		t.Fatal(err)
 	}
 	logPath := filepath.Join(t.TempDir(), mode+".log")
-	cmd := exec.Command("ip", append(append([]string{"netns", "exec", p.name}, realtimePrefix()...), self, "-test.run=^$")...)
+	cmd := exec.Command("ip", append(append([]string{"netns", "exec", p.Name}, realtimePrefix()...), self, "-test.run=^$")...)
 	cmd.Env = append(append(os.Environ(), childEnv+"="+mode, childLogEnv+"="+logPath), env...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -317,7 +247,7 @@ func (c *childProcess) terminate(t *testing.T) {
 func startDelayProxy(t *testing.T, p *testPod, d time.Duration) *childProcess {
 	t.Helper()
 	c := startChild(t, p, "delay-proxy", childDelayEnv+"="+d.String())
-	addr := net.JoinHostPort(p.podIP, fmt.Sprint(proxyPort))
+	addr := net.JoinHostPort(p.PodIP, fmt.Sprint(proxyPort))
 	waitListening(t, func() (net.Conn, error) { return net.DialTimeout("tcp", addr, time.Second) }, c.exited, "delay proxy")
 	return c
 }
@@ -429,99 +359,11 @@ func preciseWait(deadline time.Time) {
 	}
 }
 
-// startNginx runs Debian's nginx inside the pod as a reverse proxy sidecar on proxyPort under
-// UID 1337, with its files in a private temp folder, and stops it (by PID) when the test ends.
+// startNginx runs Debian's nginx inside the pod as the reverse proxy sidecar under UID 1337,
+// at real-time priority like the rest of the pod.
 func startNginx(t *testing.T, p *testPod) {
 	t.Helper()
-	bin, err := exec.LookPath("nginx")
-	if err != nil {
-		t.Log("nginx missing; installing Debian's")
-		if out, err := exec.Command("apt-get", "install", "-y", "--no-install-recommends", "nginx").CombinedOutput(); err != nil {
-			t.Fatalf("apt-get install nginx: %v: %s", err, out)
-		}
-		if bin, err = exec.LookPath("nginx"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	dir, err := os.MkdirTemp("", "mabt-nginx-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chown(dir, proxyUID, proxyUID); err != nil {
-		t.Fatal(err)
-	}
-	conf := fmt.Sprintf(`worker_processes 1;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path %[1]s/body;
-  proxy_temp_path %[1]s/proxy;
-  fastcgi_temp_path %[1]s/fastcgi;
-  uwsgi_temp_path %[1]s/uwsgi;
-  scgi_temp_path %[1]s/scgi;
-  upstream app {
-    server 127.0.0.1:%[2]d;
-    keepalive 16;
-  }
-  server {
-    listen %[3]d;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-`, dir, appPort, proxyPort)
-	confPath := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(realtimeCommand("nsenter"), realtimeArgs("nsenter", "--net="+p.nsPath, "--setuid", fmt.Sprint(proxyUID), "--setgid", fmt.Sprint(proxyUID),
-		"--", bin, "-p", dir, "-e", filepath.Join(dir, "error.log"), "-c", confPath, "-g", "daemon off;")...)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() { stopNginx(t, cmd.Process.Pid, exited) })
-
-	addr := net.JoinHostPort(p.podIP, fmt.Sprint(proxyPort))
-	waitListening(t, func() (net.Conn, error) { return net.DialTimeout("tcp", addr, time.Second) }, exited, "nginx")
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := fmt.Sprintf("\nUid:\t%d\t%d\t%d\t%d\n", proxyUID, proxyUID, proxyUID, proxyUID); !strings.Contains(string(status), want) {
-		t.Fatalf("nginx is not running as UID %d:\n%s", proxyUID, status)
-	}
-}
-
-// stopNginx asks the master (ours, by PID) to stop; if it hangs, kills it and its workers.
-func stopNginx(t *testing.T, pid int, exited chan error) {
-	workers, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-	syscall.Kill(pid, syscall.SIGTERM)
-	select {
-	case <-exited:
-		return
-	case <-time.After(10 * time.Second):
-	}
-	t.Errorf("nginx %d ignored SIGTERM; killing it and its workers %s", pid, workers)
-	syscall.Kill(pid, syscall.SIGKILL)
-	for _, f := range strings.Fields(string(workers)) {
-		var w int
-		if _, err := fmt.Sscan(f, &w); err == nil {
-			syscall.Kill(w, syscall.SIGKILL)
-		}
-	}
-	<-exited
+	podtest.StartNginx(t, p.Pod, realtimePrefix()...)
 }
 
 // Real-time scheduling for the pod's processes and the test's own threads.
@@ -545,20 +387,6 @@ func realtimePrefix() []string {
 		return []string{"chrt", "-f", rtPriority}
 	}
 	return nil
-}
-
-func realtimeCommand(name string) string {
-	if rtAllowed() {
-		return "chrt"
-	}
-	return name
-}
-
-func realtimeArgs(name string, args ...string) []string {
-	if rtAllowed() {
-		return append([]string{"-f", rtPriority, name}, args...)
-	}
-	return args
 }
 
 // realtimeSelf makes every thread of this process SCHED_FIFO (threads started later inherit it

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kubectl-mesh/kubectl-mesh/agent/netns"
+	"github.com/kubectl-mesh/kubectl-mesh/agent/netns/podtest"
 )
 
 // This kernel has no netem (CONFIG_NET_SCH_NETEM is off; only fifo, htb, tbf and ingress
@@ -60,7 +61,7 @@ func (p *testPod) setWireDelay(t *testing.T, delay time.Duration) *wireDelay {
 	t.Helper()
 	w := &wireDelay{delay: delay, pending: make(chan queuedPacket, 65536)}
 	// The queue's netlink socket must live in the pod's namespace, where the rule is.
-	err := netns.Do(p.nsPath, func() error {
+	err := netns.Do(p.NSPath, func() error {
 		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
 		if err != nil {
 			return err
@@ -92,15 +93,15 @@ func (p *testPod) setWireDelay(t *testing.T, delay time.Duration) *wireDelay {
 	go w.read()
 	go w.release()
 	// iptables-legacy's xt NFQUEUE target: this kernel lacks nft's native queue expression.
-	rule := []string{"PREROUTING", "-i", p.podIf, "-p", "tcp", "-j", "NFQUEUE", "--queue-num", fmt.Sprint(wireDelayQueueNum)}
-	run(t, append([]string{"ip", "netns", "exec", p.name, "iptables-legacy", "-t", "mangle", "-A"}, rule...)...)
+	rule := []string{"PREROUTING", "-i", p.PodIf, "-p", "tcp", "-j", "NFQUEUE", "--queue-num", fmt.Sprint(wireDelayQueueNum)}
+	podtest.Run(t, append([]string{"ip", "netns", "exec", p.Name, "iptables-legacy", "-t", "mangle", "-A"}, rule...)...)
 	t.Cleanup(func() { w.close(p, rule) })
 	return w
 }
 
 func (w *wireDelay) close(p *testPod, rule []string) {
 	// Remove the rule first, so that nothing new is queued, then release what is held.
-	del := append([]string{"netns", "exec", p.name, "iptables-legacy", "-t", "mangle", "-D"}, rule...)
+	del := append([]string{"netns", "exec", p.Name, "iptables-legacy", "-t", "mangle", "-D"}, rule...)
 	exec.Command("ip", del...).Run()
 	w.stop.Store(true)
 	w.reader.Wait() // notices stop within one receive timeout

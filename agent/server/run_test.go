@@ -5,15 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -26,6 +21,7 @@ import (
 	"github.com/kubectl-mesh/kubectl-mesh/agent/discovery"
 	"github.com/kubectl-mesh/kubectl-mesh/agent/ebpftier"
 	"github.com/kubectl-mesh/kubectl-mesh/agent/netns"
+	"github.com/kubectl-mesh/kubectl-mesh/agent/netns/podtest"
 	"github.com/kubectl-mesh/kubectl-mesh/agent/usage"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/agentapi"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/loadgen"
@@ -342,72 +338,16 @@ func TestABConfigFallsBack(t *testing.T) {
 // Real run: a pod made of a network namespace with Istio's inbound redirect, an app inside
 // it and Debian's nginx as the sidecar under UID 1337, measured by the real Run.
 
-const (
-	realAppPort   = 8080
-	realProxyPort = 15006
-	realProxyUID  = 1337
-)
-
-func sh(t *testing.T, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-	}
-}
-
-// freePodSubnet picks a /30 in 198.18.200.0/21 that no local address or route uses.
-func freePodSubnet(t *testing.T) (hostIP, podIP string) {
-	t.Helper()
-	routes, _ := exec.Command("ip", "-o", "-4", "route", "show", "table", "all").CombinedOutput()
-	addrs, _ := exec.Command("ip", "-o", "-4", "addr").CombinedOutput()
-	used := string(routes) + string(addrs)
-	start := os.Getpid() % 512
-	for i := range 512 {
-		b := (start + i) % 512
-		prefix := fmt.Sprintf("198.18.%d.", 200+b/64)
-		y := (b % 64) * 4
-		clash := false
-		for k := range 4 {
-			if strings.Contains(used, fmt.Sprintf("%s%d/", prefix, y+k)) || strings.Contains(used, fmt.Sprintf("%s%d ", prefix, y+k)) {
-				clash = true
-			}
-		}
-		if !clash {
-			return fmt.Sprint(prefix, y+1), fmt.Sprint(prefix, y+2)
-		}
-	}
-	t.Fatal("no free /30 in 198.18.200.0/21")
-	return "", ""
-}
-
 // realPod builds the pod and returns its IP, its namespace path and the nginx PIDs (master
 // first). Everything is removed when the test ends, failed or not.
 func realPod(t *testing.T) (podIP, nsPath string, pids []int) {
 	t.Helper()
-	name := fmt.Sprintf("mrun-%d", os.Getpid())
-	nsPath = "/run/netns/" + name
-	hostIf, podIf := fmt.Sprintf("mrn%xh", os.Getpid()), fmt.Sprintf("mrn%xp", os.Getpid())
-	hostIP, podIP := freePodSubnet(t)
-	sh(t, "ip", "netns", "add", name)
-	t.Cleanup(func() {
-		exec.Command("ip", "link", "del", hostIf).Run()
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	sh(t, "ip", "link", "add", hostIf, "type", "veth", "peer", "name", podIf)
-	sh(t, "ip", "link", "set", podIf, "netns", name)
-	sh(t, "ip", "addr", "add", hostIP+"/30", "dev", hostIf)
-	sh(t, "ip", "link", "set", hostIf, "up")
-	sh(t, "ip", "-n", name, "addr", "add", podIP+"/30", "dev", podIf)
-	sh(t, "ip", "-n", name, "link", "set", podIf, "up")
-	sh(t, "ip", "-n", name, "link", "set", "lo", "up")
-	sh(t, "ip", "netns", "exec", name, "iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp",
-		"--dport", fmt.Sprint(realAppPort), "-j", "REDIRECT", "--to-ports", fmt.Sprint(realProxyPort))
+	pod := podtest.New(t, "mrn", 200, 512)
+	nsPath = pod.NSPath
 
 	// The app listens inside the pod on every address; its socket was made there, so serving
 	// it from this process is the same, on the wire, as an app container.
-	ln, err := netns.Listen(context.Background(), nsPath, "tcp", fmt.Sprintf("0.0.0.0:%d", realAppPort))
+	ln, err := netns.Listen(context.Background(), nsPath, "tcp", fmt.Sprintf("0.0.0.0:%d", podtest.AppPort))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -415,117 +355,7 @@ func realPod(t *testing.T) (podIP, nsPath string, pids []int) {
 	go app.Serve(ln)
 	t.Cleanup(func() { app.Close() })
 
-	return podIP, nsPath, startRealNginx(t, nsPath, podIP)
-}
-
-// startRealNginx runs nginx in the pod as a reverse proxy on the proxy port under the proxy
-// UID, and stops it (by PID) when the test ends.
-func startRealNginx(t *testing.T, nsPath, podIP string) []int {
-	t.Helper()
-	bin, err := exec.LookPath("nginx")
-	if err != nil {
-		t.Log("nginx missing; installing Debian's")
-		if out, err := exec.Command("apt-get", "install", "-y", "--no-install-recommends", "nginx").CombinedOutput(); err != nil {
-			t.Fatalf("apt-get install nginx: %v: %s", err, out)
-		}
-		if bin, err = exec.LookPath("nginx"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	dir, err := os.MkdirTemp("", "mrun-nginx-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chown(dir, realProxyUID, realProxyUID); err != nil {
-		t.Fatal(err)
-	}
-	conf := fmt.Sprintf(`worker_processes 1;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path %[1]s/body;
-  proxy_temp_path %[1]s/proxy;
-  fastcgi_temp_path %[1]s/fastcgi;
-  uwsgi_temp_path %[1]s/uwsgi;
-  scgi_temp_path %[1]s/scgi;
-  upstream app {
-    server 127.0.0.1:%[2]d;
-    keepalive 16;
-  }
-  server {
-    listen %[3]d;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-`, dir, realAppPort, realProxyPort)
-	confPath := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("nsenter", "--net="+nsPath, "--setuid", fmt.Sprint(realProxyUID), "--setgid", fmt.Sprint(realProxyUID),
-		"--", bin, "-p", dir, "-e", filepath.Join(dir, "error.log"), "-c", confPath, "-g", "daemon off;")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	master := cmd.Process.Pid
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		workers := childPIDs(master)
-		syscall.Kill(master, syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-			syscall.Kill(master, syscall.SIGKILL)
-			for _, w := range workers {
-				syscall.Kill(w, syscall.SIGKILL)
-			}
-			<-exited
-		}
-	})
-
-	// Ready when the proxy answers through the redirect and its worker exists.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp, err := http.Get("http://" + net.JoinHostPort(podIP, fmt.Sprint(realAppPort)) + "/")
-		if err == nil {
-			resp.Body.Close()
-			if w := childPIDs(master); resp.StatusCode == 200 && len(w) > 0 {
-				return append([]int{master}, w...)
-			}
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("nginx exited: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nginx not answering through the redirect: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func childPIDs(pid int) []int {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-	var out []int
-	for _, f := range strings.Fields(string(b)) {
-		if n, err := strconv.Atoi(f); err == nil {
-			out = append(out, n)
-		}
-	}
-	return out
+	return pod.PodIP, nsPath, podtest.StartNginx(t, pod)
 }
 
 // staticSource is a discovery that knows the given sidecars and has no Lookup, so Run
@@ -555,11 +385,11 @@ func TestRunRealNginxSidecar(t *testing.T) {
 		PodIPs:      []string{podIP},
 		ContainerID: "istio-proxy-standin",
 		CgroupPaths: discovery.CgroupPaths(lines),
-		ProxyUID:    realProxyUID,
+		ProxyUID:    podtest.ProxyUID,
 	}
 	sc.Recognition.Container = "istio-proxy"
 	for _, pid := range pids {
-		sc.Processes = append(sc.Processes, discovery.Process{PID: pid, Comm: "nginx", UID: realProxyUID, Role: discovery.RoleProxy})
+		sc.Processes = append(sc.Processes, discovery.Process{PID: pid, Comm: "nginx", UID: podtest.ProxyUID, Role: discovery.RoleProxy})
 	}
 	sampler, err := usage.NewSampler("", "")
 	if err != nil {
@@ -574,7 +404,7 @@ func TestRunRealNginxSidecar(t *testing.T) {
 	req := &agentapi.RunRequest{
 		RunId:   "real",
 		Targets: []*agentapi.PodRef{{Namespace: "shop", Name: "web-0"}},
-		Port:    realAppPort,
+		Port:    podtest.AppPort,
 		Load: &agentapi.LoadSpec{
 			Protocol: agentapi.Protocol_PROTOCOL_HTTP1,
 			Rate:     200,
