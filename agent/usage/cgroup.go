@@ -3,11 +3,9 @@
 package usage
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -25,31 +23,6 @@ type CgroupPaths struct {
 	V1 map[string]string
 	// Unified is the path inside the v2 hierarchy ("" when the container has none).
 	Unified string
-}
-
-// ParseProcCgroup reads the contents of /proc/<pid>/cgroup. Comounted controllers ("cpu,cpuacct")
-// are listed under each name; named hierarchies ("name=systemd") are kept under their full name.
-func ParseProcCgroup(r io.Reader) (CgroupPaths, error) {
-	p := CgroupPaths{V1: map[string]string{}}
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" {
-			continue
-		}
-		parts := strings.SplitN(line, ":", 3)
-		if len(parts) != 3 {
-			return CgroupPaths{}, fmt.Errorf("malformed cgroup line %q", line)
-		}
-		if parts[0] == "0" && parts[1] == "" {
-			p.Unified = parts[2]
-			continue
-		}
-		for _, ctrl := range strings.Split(parts[1], ",") {
-			p.V1[ctrl] = parts[2]
-		}
-	}
-	return p, sc.Err()
 }
 
 // CgroupSample is one read of a container's cgroup counters. Counters are cumulative since the

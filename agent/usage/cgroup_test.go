@@ -1,7 +1,6 @@
 package usage
 
 import (
-	"strings"
 	"testing"
 	"time"
 )
@@ -108,32 +107,5 @@ func TestCgroupGone(t *testing.T) {
 	}
 	if _, err := r.Read(CgroupPaths{}); err == nil {
 		t.Error("reading no paths succeeded")
-	}
-}
-
-func TestParseProcCgroup(t *testing.T) {
-	hybrid := `12:cpu,cpuacct:/kubepods/burstable/pod1/abc
-11:memory:/kubepods/burstable/pod1/abc
-1:name=systemd:/kubepods/burstable/pod1/abc
-0::/kubepods/burstable/pod1/abc
-`
-	p, err := ParseProcCgroup(strings.NewReader(hybrid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []string{"cpu", "cpuacct", "memory", "name=systemd"} {
-		if p.V1[c] != "/kubepods/burstable/pod1/abc" {
-			t.Errorf("%s: %q", c, p.V1[c])
-		}
-	}
-	if p.Unified != "/kubepods/burstable/pod1/abc" {
-		t.Errorf("unified %q", p.Unified)
-	}
-	p, err = ParseProcCgroup(strings.NewReader("0::" + v2Ctr + "\n"))
-	if err != nil || len(p.V1) != 0 || p.Unified != v2Ctr {
-		t.Errorf("pure v2: %+v, %v", p, err)
-	}
-	if _, err := ParseProcCgroup(strings.NewReader("garbage\n")); err == nil {
-		t.Error("malformed line accepted")
 	}
 }

@@ -3,8 +3,6 @@ package simcluster
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -15,9 +13,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
 const (
@@ -98,11 +93,17 @@ func ensureBuilt(ctx context.Context, cacheDir string, log io.Writer) (artifacts
 	if err := goCmd(ctx, root, static, log, "build", "-trimpath", "-o", pauseBin, "./test/simcluster/pause"); err != nil {
 		return a, fmt.Errorf("build pause: %w", err)
 	}
-	if a.agentImage, err = cachedImage(imgDir, "mesh-agent", a.agentBin, AgentImage); err != nil {
-		return a, err
-	}
-	if a.pauseImage, err = cachedImage(imgDir, "pause", pauseBin, pauseImage); err != nil {
-		return a, err
+	for _, img := range []struct {
+		path     *string
+		ref, bin string
+	}{{&a.agentImage, AgentImage, a.agentBin}, {&a.pauseImage, pauseImage, pauseBin}} {
+		spec, err := binaryImage(img.ref, img.bin)
+		if err != nil {
+			return a, err
+		}
+		if *img.path, err = buildImage(imgDir, spec); err != nil {
+			return a, err
+		}
 	}
 	return a, nil
 }
@@ -163,58 +164,23 @@ func goCmd(ctx context.Context, dir string, env []string, log io.Writer, args ..
 	return nil
 }
 
-// cachedImage returns a docker-save tarball holding one image whose only content is bin at
-// /<stem>, with /<stem> as entrypoint. The file name carries the binary's hash, so an unchanged
-// binary reuses the tarball.
-func cachedImage(dir, stem, bin, ref string) (string, error) {
+// binaryImage is the image of one static binary at /<name of bin>, its entrypoint; /tmp
+// because Go programs (and gRPC's health client in exec probes) may want a temp dir.
+func binaryImage(ref, bin string) (ImageSpec, error) {
 	data, err := os.ReadFile(bin)
 	if err != nil {
-		return "", err
+		return ImageSpec{}, err
 	}
-	sum := sha256.Sum256(data)
-	path := filepath.Join(dir, fmt.Sprintf("%s-%s.tar", stem, hex.EncodeToString(sum[:8])))
-	if _, err := os.Stat(path); err == nil {
-		return path, nil
-	}
-	tag, err := name.NewTag(ref)
-	if err != nil {
-		return "", err
-	}
-	// /tmp because Go programs (and gRPC's health client in exec probes) may want a temp dir.
-	img, err := specImage(ImageSpec{
+	name := filepath.Base(bin)
+	return ImageSpec{
+		Ref: ref,
 		Files: []ImageFile{
 			{Path: "tmp", Dir: true, Mode: 0o1777},
-			{Path: stem, Data: data, Mode: 0o755},
+			{Path: name, Data: data, Mode: 0o755},
 		},
-		Entrypoint: []string{"/" + stem},
+		Entrypoint: []string{"/" + name},
 		Env:        []string{"PATH=/"},
-	})
-	if err != nil {
-		return "", fmt.Errorf("image %s: %w", ref, err)
-	}
-	// A unique temporary name: caches may be shared by concurrent builds.
-	f, err := os.CreateTemp(dir, stem+"-*.tmp")
-	if err != nil {
-		return "", err
-	}
-	tmp := f.Name()
-	f.Close()
-	if err := tarball.WriteToFile(tmp, tag, img); err != nil {
-		os.Remove(tmp)
-		return "", fmt.Errorf("write image %s: %w", ref, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return "", err
-	}
-	// Older builds of the same binary are of no further use (an import already reading one
-	// keeps its open file).
-	old, _ := filepath.Glob(filepath.Join(dir, stem+"-*.tar"))
-	for _, o := range old {
-		if o != path {
-			_ = os.Remove(o)
-		}
-	}
-	return path, nil
+	}, nil
 }
 
 // repoRoot finds the module root from the working directory (tests run in their package

@@ -170,8 +170,7 @@ func (c *Cluster) CgroupRoot() string { return c.state.CgroupRoot }
 func (c *Cluster) PodCIDR() string { return c.state.PodCIDR }
 
 // imageStem names an image's tarballs after its repository:
-// "localhost/kubectl-mesh/nginx:dev" -> "img-localhost_kubectl-mesh_nginx". The "img-" prefix
-// keeps them apart from the agent and pause tarballs, which cachedImage prunes by stem.
+// "localhost/kubectl-mesh/nginx:dev" -> "img-localhost_kubectl-mesh_nginx".
 func imageStem(ref string) string {
 	repo := ref
 	if i := strings.LastIndexByte(repo, ':'); i > strings.LastIndexByte(repo, '/') {
