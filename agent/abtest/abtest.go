@@ -45,7 +45,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -57,6 +56,7 @@ import (
 	hdrhistogram "github.com/HdrHistogram/hdrhistogram-go"
 
 	"github.com/kubectl-mesh/kubectl-mesh/agent/netns"
+	"github.com/kubectl-mesh/kubectl-mesh/pkg/bootstrap"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/loadgen"
 )
 
@@ -264,13 +264,7 @@ func (p *PathResult) Histogram(b Basis) *hdrhistogram.Histogram {
 }
 
 // Delta is one quantile's added latency with its bootstrap confidence interval.
-type Delta struct {
-	Quantile float64
-	// Value is through − around at this quantile, from all kept samples.
-	Value, CILow, CIHigh time.Duration
-	// The two paths' own quantiles.
-	Through, Around time.Duration
-}
+type Delta = bootstrap.Delta
 
 // Result of one A/B run.
 type Result struct {
@@ -409,7 +403,7 @@ schedule:
 			return res, fmt.Errorf("abtest: no successful request to %s (%d errors, last: %s)", pr.Addr, pr.Errors, pr.LastError)
 		}
 	}
-	res.Deltas = bootstrapDeltas(res.Through.Samples, res.Around.Samples, c.Quantiles, c.Resamples, c.Confidence, rng)
+	res.Deltas = bootstrap.Deltas(res.Through.Samples, res.Around.Samples, c.Quantiles, c.Resamples, c.Confidence, rng)
 	res.Warnings = warnings(res)
 	return res, nil
 }
@@ -587,12 +581,4 @@ func (w *worker) roundTrip(ctx context.Context, req []byte, deadline time.Time) 
 		return fmt.Errorf("status %s", resp.Status)
 	}
 	return nil
-}
-
-// quantileOfSorted is the nearest-rank quantile: the smallest sample with at least q of the
-// samples at or below it.
-func quantileOfSorted(s []int64, q float64) int64 {
-	k := int(math.Ceil(q * float64(len(s))))
-	k = min(max(k, 1), len(s))
-	return s[k-1]
 }

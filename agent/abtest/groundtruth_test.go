@@ -8,6 +8,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/kubectl-mesh/kubectl-mesh/pkg/bootstrap"
 )
 
 // groundTruthConfig is the modest rate the tests measure at: 400 req/s over both paths, 3 s
@@ -67,14 +69,14 @@ func pooled(t *testing.T, rs []*Result) Delta {
 	}
 	slices.Sort(through)
 	slices.Sort(around)
-	return bootstrapDeltas(through, around, []float64{0.5}, 1000, 0.95, rand.New(rand.NewPCG(1, 2)))[0]
+	return bootstrap.Deltas(through, around, []float64{0.5}, 1000, 0.95, rand.New(rand.NewPCG(1, 2)))[0]
 }
 
 // p50Of is the nearest-rank median of unsorted nanosecond values.
 func p50Of(v []int64) time.Duration {
 	s := slices.Clone(v)
 	slices.Sort(s)
-	return time.Duration(quantileOfSorted(s, 0.5))
+	return time.Duration(bootstrap.QuantileOfSorted(s, 0.5))
 }
 
 // TestGroundTruthKnownDelay checks the A/B method against a sidecar whose delay we set (the

@@ -399,13 +399,16 @@ func (a *Agent) measurePod(ctx context.Context, job podJob, counters *runCounter
 				out.Problems = append(out.Problems, fmt.Sprintf("eBPF residency (tier %s) paired no request with its response in the proxy processes %v (events %d, dropped %d)",
 					tracer.Tier(), proxyPIDs(sc), w.Counters.Events, w.Counters.Drops()))
 			} else {
-				al := &agentapi.AddedLatency{Method: ResidencyMethod, Tier: Tier(tracer.Tier())}
+				al := &agentapi.AddedLatency{Method: ResidencyMethod, Tier: Tier(tracer.Tier()), Histogram: residencyHistogram(h)}
 				for _, q := range residencyQuantiles {
 					al.Deltas = append(al.Deltas, &agentapi.Quantile{Quantile: q, Value: durationpb.New(h.Quantile(q))})
 				}
 				pr.Added = append(pr.Added, al)
 			}
 		}
+	}
+	if out.Measured > 0 {
+		pr.Measured = durationpb.New(out.Measured)
 	}
 	if pr.ThroughSidecar != nil || len(pr.Added) > 0 {
 		out.Result = pr
@@ -417,6 +420,21 @@ func (a *Agent) measurePod(ctx context.Context, job podJob, counters *runCounter
 		out.Stopped = true
 	}
 	return out
+}
+
+// residencyHistogram puts residency on the wire's microsecond layout, each bucket at its
+// midpoint, so the plugin can merge it across pods and nodes.
+func residencyHistogram(h *residency.Histogram) *agentapi.Histogram {
+	out := loadgen.NewHistogram()
+	for i, c := range h.Counts {
+		if c == 0 {
+			continue
+		}
+		lo, hi := residency.BucketBounds(i)
+		us := min(max(int64((lo+(hi-lo)/2+500)/1000), loadgen.HistogramLowest), loadgen.HistogramHighest)
+		_ = out.RecordValues(us, int64(c))
+	}
+	return loadgen.ToProto(out)
 }
 
 // abConfig maps a load onto an A/B run, or says why A/B cannot honour it: A/B sends plain

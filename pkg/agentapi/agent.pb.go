@@ -1443,9 +1443,12 @@ func (x *Quantile) GetCiHigh() *durationpb.Duration {
 type AddedLatency struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "ab" or "ebpf-residency".
-	Method        string      `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`
-	Tier          EbpfTier    `protobuf:"varint,2,opt,name=tier,proto3,enum=meshagent.v1.EbpfTier" json:"tier,omitempty"`
-	Deltas        []*Quantile `protobuf:"bytes,3,rep,name=deltas,proto3" json:"deltas,omitempty"`
+	Method string      `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`
+	Tier   EbpfTier    `protobuf:"varint,2,opt,name=tier,proto3,enum=meshagent.v1.EbpfTier" json:"tier,omitempty"`
+	Deltas []*Quantile `protobuf:"bytes,3,rep,name=deltas,proto3" json:"deltas,omitempty"`
+	// The distribution the deltas are quantiles of, when the method measures one per request
+	// (eBPF residency does; A/B's deltas are differences of two distributions), so nodes merge.
+	Histogram     *Histogram `protobuf:"bytes,4,opt,name=histogram,proto3" json:"histogram,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1501,6 +1504,13 @@ func (x *AddedLatency) GetDeltas() []*Quantile {
 	return nil
 }
 
+func (x *AddedLatency) GetHistogram() *Histogram {
+	if x != nil {
+		return x.Histogram
+	}
+	return nil
+}
+
 type PodResult struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Pod            *PodRef                `protobuf:"bytes,1,opt,name=pod,proto3" json:"pod,omitempty"`
@@ -1511,8 +1521,10 @@ type PodResult struct {
 	SidecarLoaded  *Usage                 `protobuf:"bytes,6,opt,name=sidecar_loaded,json=sidecarLoaded,proto3" json:"sidecar_loaded,omitempty"`
 	Requests       uint64                 `protobuf:"varint,7,opt,name=requests,proto3" json:"requests,omitempty"`
 	Errors         uint64                 `protobuf:"varint,8,opt,name=errors,proto3" json:"errors,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The time the load ran against this pod, warm-up excluded: requests over it is the rate.
+	Measured      *durationpb.Duration `protobuf:"bytes,9,opt,name=measured,proto3" json:"measured,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PodResult) Reset() {
@@ -1599,6 +1611,13 @@ func (x *PodResult) GetErrors() uint64 {
 		return x.Errors
 	}
 	return 0
+}
+
+func (x *PodResult) GetMeasured() *durationpb.Duration {
+	if x != nil {
+		return x.Measured
+	}
+	return nil
 }
 
 type PodError struct {
@@ -2013,11 +2032,12 @@ const file_agent_proto_rawDesc = "" +
 	"\bquantile\x18\x01 \x01(\x01R\bquantile\x12/\n" +
 	"\x05value\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x05value\x120\n" +
 	"\x06ci_low\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x05ciLow\x122\n" +
-	"\aci_high\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x06ciHigh\"\x82\x01\n" +
+	"\aci_high\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x06ciHigh\"\xb9\x01\n" +
 	"\fAddedLatency\x12\x16\n" +
 	"\x06method\x18\x01 \x01(\tR\x06method\x12*\n" +
 	"\x04tier\x18\x02 \x01(\x0e2\x16.meshagent.v1.EbpfTierR\x04tier\x12.\n" +
-	"\x06deltas\x18\x03 \x03(\v2\x16.meshagent.v1.QuantileR\x06deltas\"\x8f\x03\n" +
+	"\x06deltas\x18\x03 \x03(\v2\x16.meshagent.v1.QuantileR\x06deltas\x125\n" +
+	"\thistogram\x18\x04 \x01(\v2\x17.meshagent.v1.HistogramR\thistogram\"\xc6\x03\n" +
 	"\tPodResult\x12&\n" +
 	"\x03pod\x18\x01 \x01(\v2\x14.meshagent.v1.PodRefR\x03pod\x12@\n" +
 	"\x0fthrough_sidecar\x18\x02 \x01(\v2\x17.meshagent.v1.HistogramR\x0ethroughSidecar\x12>\n" +
@@ -2026,7 +2046,8 @@ const file_agent_proto_rawDesc = "" +
 	"\fsidecar_idle\x18\x05 \x01(\v2\x13.meshagent.v1.UsageR\vsidecarIdle\x12:\n" +
 	"\x0esidecar_loaded\x18\x06 \x01(\v2\x13.meshagent.v1.UsageR\rsidecarLoaded\x12\x1a\n" +
 	"\brequests\x18\a \x01(\x04R\brequests\x12\x16\n" +
-	"\x06errors\x18\b \x01(\x04R\x06errors\"H\n" +
+	"\x06errors\x18\b \x01(\x04R\x06errors\x125\n" +
+	"\bmeasured\x18\t \x01(\v2\x19.google.protobuf.DurationR\bmeasured\"H\n" +
 	"\bPodError\x12&\n" +
 	"\x03pod\x18\x01 \x01(\v2\x14.meshagent.v1.PodRefR\x03pod\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\"\xa4\x03\n" +
@@ -2152,34 +2173,36 @@ var file_agent_proto_depIdxs = []int32{
 	28, // 29: meshagent.v1.Quantile.ci_high:type_name -> google.protobuf.Duration
 	1,  // 30: meshagent.v1.AddedLatency.tier:type_name -> meshagent.v1.EbpfTier
 	18, // 31: meshagent.v1.AddedLatency.deltas:type_name -> meshagent.v1.Quantile
-	6,  // 32: meshagent.v1.PodResult.pod:type_name -> meshagent.v1.PodRef
-	17, // 33: meshagent.v1.PodResult.through_sidecar:type_name -> meshagent.v1.Histogram
-	17, // 34: meshagent.v1.PodResult.around_sidecar:type_name -> meshagent.v1.Histogram
-	19, // 35: meshagent.v1.PodResult.added:type_name -> meshagent.v1.AddedLatency
-	7,  // 36: meshagent.v1.PodResult.sidecar_idle:type_name -> meshagent.v1.Usage
-	7,  // 37: meshagent.v1.PodResult.sidecar_loaded:type_name -> meshagent.v1.Usage
-	6,  // 38: meshagent.v1.PodError.pod:type_name -> meshagent.v1.PodRef
-	27, // 39: meshagent.v1.RunResult.start_time:type_name -> google.protobuf.Timestamp
-	27, // 40: meshagent.v1.RunResult.end_time:type_name -> google.protobuf.Timestamp
-	13, // 41: meshagent.v1.RunResult.load:type_name -> meshagent.v1.LoadSpec
-	20, // 42: meshagent.v1.RunResult.pods:type_name -> meshagent.v1.PodResult
-	21, // 43: meshagent.v1.RunResult.errors:type_name -> meshagent.v1.PodError
-	7,  // 44: meshagent.v1.RunResult.agent:type_name -> meshagent.v1.Usage
-	3,  // 45: meshagent.v1.Agent.Info:input_type -> meshagent.v1.InfoRequest
-	10, // 46: meshagent.v1.Agent.Snapshot:input_type -> meshagent.v1.SnapshotRequest
-	14, // 47: meshagent.v1.Agent.Run:input_type -> meshagent.v1.RunRequest
-	23, // 48: meshagent.v1.Agent.Stop:input_type -> meshagent.v1.StopRequest
-	25, // 49: meshagent.v1.Agent.Result:input_type -> meshagent.v1.ResultRequest
-	5,  // 50: meshagent.v1.Agent.Info:output_type -> meshagent.v1.InfoResponse
-	12, // 51: meshagent.v1.Agent.Snapshot:output_type -> meshagent.v1.SnapshotResponse
-	16, // 52: meshagent.v1.Agent.Run:output_type -> meshagent.v1.RunEvent
-	24, // 53: meshagent.v1.Agent.Stop:output_type -> meshagent.v1.StopResponse
-	22, // 54: meshagent.v1.Agent.Result:output_type -> meshagent.v1.RunResult
-	50, // [50:55] is the sub-list for method output_type
-	45, // [45:50] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	17, // 32: meshagent.v1.AddedLatency.histogram:type_name -> meshagent.v1.Histogram
+	6,  // 33: meshagent.v1.PodResult.pod:type_name -> meshagent.v1.PodRef
+	17, // 34: meshagent.v1.PodResult.through_sidecar:type_name -> meshagent.v1.Histogram
+	17, // 35: meshagent.v1.PodResult.around_sidecar:type_name -> meshagent.v1.Histogram
+	19, // 36: meshagent.v1.PodResult.added:type_name -> meshagent.v1.AddedLatency
+	7,  // 37: meshagent.v1.PodResult.sidecar_idle:type_name -> meshagent.v1.Usage
+	7,  // 38: meshagent.v1.PodResult.sidecar_loaded:type_name -> meshagent.v1.Usage
+	28, // 39: meshagent.v1.PodResult.measured:type_name -> google.protobuf.Duration
+	6,  // 40: meshagent.v1.PodError.pod:type_name -> meshagent.v1.PodRef
+	27, // 41: meshagent.v1.RunResult.start_time:type_name -> google.protobuf.Timestamp
+	27, // 42: meshagent.v1.RunResult.end_time:type_name -> google.protobuf.Timestamp
+	13, // 43: meshagent.v1.RunResult.load:type_name -> meshagent.v1.LoadSpec
+	20, // 44: meshagent.v1.RunResult.pods:type_name -> meshagent.v1.PodResult
+	21, // 45: meshagent.v1.RunResult.errors:type_name -> meshagent.v1.PodError
+	7,  // 46: meshagent.v1.RunResult.agent:type_name -> meshagent.v1.Usage
+	3,  // 47: meshagent.v1.Agent.Info:input_type -> meshagent.v1.InfoRequest
+	10, // 48: meshagent.v1.Agent.Snapshot:input_type -> meshagent.v1.SnapshotRequest
+	14, // 49: meshagent.v1.Agent.Run:input_type -> meshagent.v1.RunRequest
+	23, // 50: meshagent.v1.Agent.Stop:input_type -> meshagent.v1.StopRequest
+	25, // 51: meshagent.v1.Agent.Result:input_type -> meshagent.v1.ResultRequest
+	5,  // 52: meshagent.v1.Agent.Info:output_type -> meshagent.v1.InfoResponse
+	12, // 53: meshagent.v1.Agent.Snapshot:output_type -> meshagent.v1.SnapshotResponse
+	16, // 54: meshagent.v1.Agent.Run:output_type -> meshagent.v1.RunEvent
+	24, // 55: meshagent.v1.Agent.Stop:output_type -> meshagent.v1.StopResponse
+	22, // 56: meshagent.v1.Agent.Result:output_type -> meshagent.v1.RunResult
+	52, // [52:57] is the sub-list for method output_type
+	47, // [47:52] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }

@@ -1,4 +1,6 @@
-package abtest
+// Package bootstrap puts confidence intervals on the difference of two latency distributions'
+// quantiles by resampling, so that "the sidecar adds X" always comes with how sure we are.
+package bootstrap
 
 import (
 	"math"
@@ -7,14 +9,14 @@ import (
 	"time"
 )
 
-// bootstrapDeltas computes, for each quantile, through − around from all samples, and a
+// Deltas computes, for each quantile, through − around from all samples, and a
 // percentile confidence interval from resampling each path's samples with replacement,
 // independently (the paths' requests are different requests, not pairs).
 //
 // Both inputs are sorted. Resampling n values from a sorted slice is the same as drawing how
 // often each index is picked; the resample's order statistics then come from one cumulative
 // pass over those counts, which costs O(n) per resample instead of a sort.
-func bootstrapDeltas(through, around []int64, qs []float64, resamples int, confidence float64, rng *rand.Rand) []Delta {
+func Deltas(through, around []int64, qs []float64, resamples int, confidence float64, rng *rand.Rand) []Delta {
 	order := make([]int, len(qs))
 	for i := range order {
 		order[i] = i
@@ -46,7 +48,7 @@ func bootstrapDeltas(through, around []int64, qs []float64, resamples int, confi
 		hi := int(math.Ceil((1-alpha/2)*float64(resamples))) - 1
 		lo = min(max(lo, 0), resamples-1)
 		hi = min(max(hi, lo), resamples-1)
-		t, a := quantileOfSorted(through, q), quantileOfSorted(around, q)
+		t, a := QuantileOfSorted(through, q), QuantileOfSorted(around, q)
 		out[i] = Delta{
 			Quantile: q,
 			Value:    time.Duration(t - a),
@@ -57,6 +59,23 @@ func bootstrapDeltas(through, around []int64, qs []float64, resamples int, confi
 		}
 	}
 	return out
+}
+
+// Delta is one quantile's difference with its bootstrap confidence interval.
+type Delta struct {
+	Quantile float64
+	// Value is through − around at this quantile, from all samples.
+	Value, CILow, CIHigh time.Duration
+	// The two distributions' own quantiles.
+	Through, Around time.Duration
+}
+
+// QuantileOfSorted is the nearest-rank quantile: the smallest sample with at least q of the
+// samples at or below it.
+func QuantileOfSorted(s []int64, q float64) int64 {
+	k := int(math.Ceil(q * float64(len(s))))
+	k = min(max(k, 1), len(s))
+	return s[k-1]
 }
 
 // resampleQuantiles draws len(s) indices with replacement and writes the nearest-rank
