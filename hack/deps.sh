@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(etcd-server containerd runc containernetworking-plugins iptables iproute2 nginx clang llvm libbpf-dev protobuf-compiler)
+# chromium renders the HTML report in its tests.
+packages=(etcd-server containerd runc containernetworking-plugins iptables iproute2 nginx clang llvm libbpf-dev protobuf-compiler chromium)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

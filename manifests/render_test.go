@@ -147,18 +147,18 @@ func TestManifestsMatchConventions(t *testing.T) {
 	if !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
 		t.Errorf("drop %v", sc.Capabilities.Drop)
 	}
-	if want := []corev1.Capability{"BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"}; !slices.Equal(sc.Capabilities.Add, want) {
+	if want := []corev1.Capability{"BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH", "SYS_ADMIN"}; !slices.Equal(sc.Capabilities.Add, want) {
 		t.Errorf("add %v, want %v", sc.Capabilities.Add, want)
 	}
-	// The API server rejects allowPrivilegeEscalation=false together with SYS_ADMIN or
-	// privileged, and runc on some hosts fails to start a container adding SYS_RESOURCE.
-	for _, bad := range []corev1.Capability{"SYS_ADMIN", "SYS_RESOURCE", "CAP_SYS_ADMIN", "CAP_SYS_RESOURCE"} {
+	// runc on some hosts fails to start a container adding SYS_RESOURCE.
+	for _, bad := range []corev1.Capability{"SYS_RESOURCE", "CAP_SYS_RESOURCE"} {
 		if slices.Contains(sc.Capabilities.Add, bad) {
 			t.Errorf("capability %s must not be added", bad)
 		}
 	}
-	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || sc.Privileged == nil || *sc.Privileged {
-		t.Error("want allowPrivilegeEscalation=false and privileged=false")
+	// The API server rejects allowPrivilegeEscalation=false together with SYS_ADMIN.
+	if sc.AllowPrivilegeEscalation == nil || !*sc.AllowPrivilegeEscalation || sc.Privileged == nil || *sc.Privileged {
+		t.Error("want allowPrivilegeEscalation=true (required with SYS_ADMIN) and privileged=false")
 	}
 	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
 		t.Error("want readOnlyRootFilesystem")

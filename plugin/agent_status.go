@@ -262,7 +262,7 @@ func collectInfo(ctx context.Context, reach agentReach, ns string, nodes labels.
 	if err != nil {
 		return nil, err
 	}
-	results := agents.Fanout(ctx, targets, dial, opts, func(ctx context.Context, ac agentapi.AgentClient) (*agentapi.InfoResponse, error) {
+	results := agents.Fanout(ctx, targets, dial, opts, func(ctx context.Context, _ agents.Target, ac agentapi.AgentClient) (*agentapi.InfoResponse, error) {
 		return ac.Info(ctx, &agentapi.InfoRequest{})
 	})
 	// Fanout returns one result per target, in target order.

@@ -79,8 +79,8 @@ func TestFlagValidation(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			code, out, errOut := runCLI(t, tc.args...)
-			if code != exitError {
-				t.Errorf("exit %d, want %d", code, exitError)
+			if code != exitFailure {
+				t.Errorf("exit %d, want %d", code, exitFailure)
 			}
 			if out != "" {
 				t.Errorf("stdout %q, want nothing", out)
@@ -97,15 +97,15 @@ func TestFlagValidation(t *testing.T) {
 
 func TestUnknownFlagAndCommand(t *testing.T) {
 	code, _, errOut := runCLI(t, "agent", "install", "--imgae", "x")
-	if code != exitError || !strings.Contains(errOut, "unknown flag: --imgae") || !strings.Contains(errOut, "See 'kubectl mesh agent install --help' for usage.") {
+	if code != exitFailure || !strings.Contains(errOut, "unknown flag: --imgae") || !strings.Contains(errOut, "See 'kubectl mesh agent install --help' for usage.") {
 		t.Errorf("exit %d, stderr %q", code, errOut)
 	}
 	code, _, errOut = runCLI(t, "agnet")
-	if code != exitError || !strings.Contains(errOut, `unknown command "agnet" for "kubectl mesh"`) {
+	if code != exitFailure || !strings.Contains(errOut, `unknown command "agnet" for "kubectl mesh"`) {
 		t.Errorf("exit %d, stderr %q", code, errOut)
 	}
 	code, _, errOut = runCLI(t, "agent", "instal")
-	if code != exitError || !strings.Contains(errOut, `unknown command "instal" for "kubectl mesh agent"`) || !strings.Contains(errOut, `"install"`) {
+	if code != exitFailure || !strings.Contains(errOut, `unknown command "instal" for "kubectl mesh agent"`) || !strings.Contains(errOut, `"install"`) {
 		t.Errorf("exit %d, stderr %q", code, errOut)
 	}
 }
@@ -163,7 +163,7 @@ func TestDryRunClientPrintsManifests(t *testing.T) {
 func TestUnreachableClusterIsOneLine(t *testing.T) {
 	for _, args := range [][]string{{"agent", "status"}, {"agent", "install"}, {"agent", "uninstall"}, {"version"}} {
 		code, out, errOut := runCLI(t, args...)
-		if code != exitError {
+		if code != exitFailure {
 			t.Errorf("%v: exit %d", args, code)
 		}
 		if strings.Count(strings.TrimSpace(errOut), "\n") != 0 || !strings.Contains(errOut, "error: cannot reach the cluster at "+deadAPIServer+": ") || !strings.Contains(errOut, "connection refused") {

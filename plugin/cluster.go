@@ -103,6 +103,15 @@ func agentNamespace(cmd *cobra.Command, flags *genericclioptions.ConfigFlags) st
 	return defaultAgentNamespace
 }
 
+// validateAgentNamespace checks --agent-namespace, for the commands where -n names the
+// workloads' namespace instead.
+func validateAgentNamespace(ns string) error {
+	if err := manifests.ValidateNamespace(ns); err != nil {
+		return fmt.Errorf("invalid --agent-namespace: %w", err)
+	}
+	return nil
+}
+
 // errNotInstalled is returned when the agent's namespace is missing.
 func errNotInstalled(ns string) error {
 	install := displayName + " agent install"

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 	"sigs.k8s.io/yaml"
 )
 
@@ -49,4 +50,10 @@ func writeData(w io.Writer, format string, v any) error {
 		return err
 	}
 	return fmt.Errorf("no data format %q", format)
+}
+
+// isTerminal says whether w is a terminal, where progress can be redrawn in place.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(interface{ Fd() uintptr })
+	return ok && term.IsTerminal(int(f.Fd()))
 }

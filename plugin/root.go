@@ -16,8 +16,8 @@ const displayName = "kubectl mesh"
 
 // Exit codes: the command did what it says, or it did not.
 const (
-	exitOK    = 0
-	exitError = 1
+	exitOK      = 0
+	exitFailure = 1
 )
 
 // run executes one command line and returns the process exit code. Every failure reaches
@@ -27,7 +27,11 @@ func run(ctx context.Context, args []string, streams genericiooptions.IOStreams)
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintf(streams.ErrOut, "error: %v\n", err)
-		return exitError
+		var coded *exitError
+		if errors.As(err, &coded) {
+			return coded.code
+		}
+		return exitFailure
 	}
 	return exitOK
 }
@@ -79,11 +83,14 @@ node by node, through a small agent it installs as a DaemonSet.`,
 
 	configFlags.AddFlags(cmd.PersistentFlags())
 	if f := cmd.PersistentFlags().Lookup("namespace"); f != nil {
-		f.Usage = "namespace of the mesh agent for agent and version commands (default " + defaultAgentNamespace + ")"
+		f.Usage = "for agent and version commands, the mesh agent's namespace (default " + defaultAgentNamespace + "); for the others, the workloads' namespace"
 	}
 	registerConnectionCompletions(cmd, configFlags)
 
 	cmd.AddCommand(NewCmdAgent(configFlags, streams))
+	cmd.AddCommand(NewCmdStatus(configFlags, streams))
+	cmd.AddCommand(NewCmdOverhead(configFlags, streams))
+	cmd.AddCommand(NewCmdPerf(configFlags, streams))
 	cmd.AddCommand(NewCmdVersion(configFlags, streams))
 	return cmd
 }

@@ -99,12 +99,13 @@ func (e *NodeError) Unwrap() []error {
 // Fanout calls every usable target in parallel and returns one Result per target, in
 // target order. Targets with a Problem are not dialed. At most opts.Concurrency nodes are
 // in flight, each under its own timeout covering dial and call, so one dead or slow node
-// costs only its own row. Cancelling ctx ends every call promptly.
+// costs only its own row. Cancelling ctx ends every call promptly. call gets the target it
+// is for and a client of its agent.
 //
 // Each node gets a fresh gRPC connection that is closed after call returns: every
 // connection is one port-forward, and keeping idle port-forwards open to hundreds of
 // nodes would only hold API server connections for nothing.
-func Fanout[T any](ctx context.Context, targets []Target, dial DialFunc, opts FanoutOptions, call func(ctx context.Context, c agentapi.AgentClient) (T, error)) []Result[T] {
+func Fanout[T any](ctx context.Context, targets []Target, dial DialFunc, opts FanoutOptions, call func(ctx context.Context, t Target, c agentapi.AgentClient) (T, error)) []Result[T] {
 	concurrency := opts.Concurrency
 	if concurrency <= 0 {
 		concurrency = DefaultConcurrency
@@ -128,7 +129,7 @@ func Fanout[T any](ctx context.Context, targets []Target, dial DialFunc, opts Fa
 			continue
 		}
 		g.Go(func() error {
-			results[i].Value, results[i].Err = callNode(ctx, t.Pod, dial, timeout, call)
+			results[i].Value, results[i].Err = callNode(ctx, t, dial, timeout, call)
 			return nil
 		})
 	}
@@ -136,7 +137,8 @@ func Fanout[T any](ctx context.Context, targets []Target, dial DialFunc, opts Fa
 	return results
 }
 
-func callNode[T any](ctx context.Context, pod *corev1.Pod, dial DialFunc, timeout time.Duration, call func(context.Context, agentapi.AgentClient) (T, error)) (T, error) {
+func callNode[T any](ctx context.Context, t Target, dial DialFunc, timeout time.Duration, call func(context.Context, Target, agentapi.AgentClient) (T, error)) (T, error) {
+	pod := t.Pod
 	var zero T
 	if err := ctx.Err(); err != nil {
 		return zero, &NodeError{Kind: ErrCanceled, Message: "canceled", Err: err}
@@ -175,7 +177,7 @@ func callNode[T any](ctx context.Context, pod *corev1.Pod, dial DialFunc, timeou
 	}
 	defer func() { _ = cc.Close() }()
 
-	v, err := call(nodeCtx, agentapi.NewAgentClient(cc))
+	v, err := call(nodeCtx, t, agentapi.NewAgentClient(cc))
 	if err != nil {
 		dialMu.Lock()
 		defer dialMu.Unlock()

@@ -130,7 +130,7 @@ func target(nodeName string) Target {
 	return Target{Node: nodeName, Pod: &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "agent-" + nodeName}, Spec: corev1.PodSpec{NodeName: nodeName}}}
 }
 
-func info(ctx context.Context, c agentapi.AgentClient) (string, error) {
+func info(ctx context.Context, _ Target, c agentapi.AgentClient) (string, error) {
 	r, err := c.Info(ctx, &agentapi.InfoRequest{})
 	if err != nil {
 		return "", err
@@ -222,8 +222,8 @@ func TestFanoutHungNodeDoesNotStallOthers(t *testing.T) {
 	var doneAt sync.Map
 	start := time.Now()
 	res := Fanout(context.Background(), targets, f.dial, FanoutOptions{Concurrency: 2, Timeout: 2 * time.Second},
-		func(ctx context.Context, c agentapi.AgentClient) (string, error) {
-			v, err := info(ctx, c)
+		func(ctx context.Context, t Target, c agentapi.AgentClient) (string, error) {
+			v, err := info(ctx, t, c)
 			if err == nil {
 				doneAt.Store(v, time.Since(start))
 			}

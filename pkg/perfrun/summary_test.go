@@ -70,3 +70,39 @@ func TestUnmarshalRejectsForeignAndDamagedFiles(t *testing.T) {
 		}
 	}
 }
+
+func TestCompareJudgesChanges(t *testing.T) {
+	nodes := []string{"a", "b"}
+	base := perfruntest.Run(perfruntest.Options{Nodes: nodes, Added: 300 * time.Microsecond, Seed: 1})
+	same := perfruntest.Run(perfruntest.Options{Nodes: nodes, Added: 300 * time.Microsecond, Seed: 2})
+	worse := perfruntest.Run(perfruntest.Options{Nodes: []string{"a", "c"}, Added: 600 * time.Microsecond, Seed: 3})
+
+	verdict := func(c perfrun.Comparison, metric string) perfrun.Change {
+		for _, ch := range c.Changes {
+			if ch.Metric == metric {
+				return ch
+			}
+		}
+		t.Fatalf("no %s in %+v", metric, c)
+		return perfrun.Change{}
+	}
+	_, total := perfrun.Compare(base, same)
+	for _, m := range []string{"added_p50", "residency_p50"} {
+		if c := verdict(total, m); c.Verdict != perfrun.NotSignificant {
+			t.Errorf("same distribution, %s: %+v", m, c)
+		}
+	}
+	nodesCmp, total := perfrun.Compare(base, worse)
+	for _, m := range []string{"added_p50", "latency_p50", "residency_p50"} {
+		c := verdict(total, m)
+		if c.Verdict != perfrun.Significant || c.Delta < float64(250*time.Microsecond) {
+			t.Errorf("300µs more, %s: %+v", m, c)
+		}
+	}
+	if c := verdict(total, "cpu_per_1k_rps"); c.Verdict != perfrun.NoInterval {
+		t.Errorf("cpu: %+v", c)
+	}
+	if len(nodesCmp) != 3 || nodesCmp[0].Missing != "" || nodesCmp[1].Missing != "not in run B" || nodesCmp[2].Missing != "not in run A" {
+		t.Errorf("nodes: %+v", nodesCmp)
+	}
+}

@@ -116,7 +116,7 @@ func TestAgentLifecycle(t *testing.T) {
 			if row.Node != c.RealNodeName() {
 				continue
 			}
-			want := []string{"BPF", "DAC_READ_SEARCH", "PERFMON", "SYS_PTRACE"}
+			want := []string{"BPF", "DAC_READ_SEARCH", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"}
 			got := slices.Sorted(slices.Values(row.Capabilities))
 			if !slices.Equal(got, want) {
 				t.Errorf("real node's agent has capabilities %v, want the DaemonSet's %v", got, want)

@@ -62,10 +62,16 @@ func (r result) String() string {
 // kubectl runs kubectl with the cluster's kubeconfig and the plugin on PATH.
 func kubectl(t *testing.T, kubeconfig string, stdin []byte, args ...string) result {
 	t.Helper()
+	return kubectlWith(t, kubeconfig, nil, stdin, args...)
+}
+
+// kubectlWith is kubectl with extra environment variables.
+func kubectlWith(t *testing.T, kubeconfig string, env []string, stdin []byte, args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "kubectl", args...)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig, "PATH="+binDir+":"+os.Getenv("PATH"))
+	cmd.Env = append(append(os.Environ(), "KUBECONFIG="+kubeconfig, "PATH="+binDir+":"+os.Getenv("PATH")), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if stdin != nil {

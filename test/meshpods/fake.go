@@ -50,7 +50,7 @@ func DeployFake(ctx context.Context, c *simcluster.Cluster, node string, opts Op
 	if err != nil {
 		return nil, err
 	}
-	w := &Workload{c: c, cs: cs, opts: opts, fake: true}
+	w := &Workload{c: c, cs: cs, opts: opts}
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
 		Name: opts.Namespace, Labels: map[string]string{"istio-injection": "enabled"},
 	}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {

@@ -33,8 +33,10 @@ const (
 
 	// SidecarHeader is added to every response that passed through the nginx sidecar.
 	SidecarHeader = "X-Mesh-Sidecar"
-	// AppBody is what the app serves on every path.
+	// AppBody is what the app serves on every path but AppStatusPath.
 	AppBody = "hello from app\n"
+	// AppStatusPath serves the app's nginx stub_status: its own count of requests.
+	AppStatusPath = "/nginx_status"
 )
 
 const nginxBin = "/usr/sbin/nginx"
@@ -68,6 +70,10 @@ http {
     location / {
       default_type text/plain;
       return 200 "` + "hello from app\\n" + `";
+    }
+    # The app's own request count, for tests that check what reached it.
+    location = ` + AppStatusPath + ` {
+      stub_status;
     }
   }
 }

@@ -3,6 +3,7 @@ package meshpods
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -259,4 +260,34 @@ func sameFile(a, b string) bool {
 	}
 	fb, err := os.Stat(b)
 	return err == nil && os.SameFile(fa, fb)
+}
+
+// AppRequests is the number of requests the app's nginx has served, from its stub_status
+// (the request that reads it included), asked inside the pod's network namespace so that
+// neither the sidecar nor interception is involved.
+func (p *Pod) AppRequests(ctx context.Context) (uint64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d%s", AppPort, AppStatusPath), nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := p.HTTPClient().Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	// "server accepts handled requests\n A H R\n": R is the third figure of the line after.
+	lines := strings.Split(string(b), "\n")
+	for i, l := range lines {
+		if strings.Contains(l, "accepts handled requests") && i+1 < len(lines) {
+			f := strings.Fields(lines[i+1])
+			if len(f) == 3 {
+				return strconv.ParseUint(f[2], 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("meshpods: pod %s: unexpected stub_status %q", p.Name, b)
 }

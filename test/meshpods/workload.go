@@ -79,6 +79,10 @@ type Options struct {
 	// SidecarResources sets Istio's default sidecar requests and limits (cpu 100m / 2,
 	// memory 128Mi / 1Gi), which makes the pods Burstable. Off, the pods are BestEffort.
 	SidecarResources bool
+	// KwokNodes spreads the Deployment: Replicas pods on the real node and Replicas on each
+	// of these kwok nodes, where stand-in processes play the containers as in DeployFake
+	// (ProxyNginx only). One Deployment then spans real and simulated nodes.
+	KwokNodes []string
 	// Log receives progress lines with timings; nil discards them.
 	Log io.Writer
 }
@@ -107,8 +111,12 @@ type Workload struct {
 	cs   kubernetes.Interface
 	opts Options
 	pods []*Pod
-	fake bool // on a kwok node, with stand-in processes
+	// pauseBin holds the stand-in pods' network namespaces (KwokNodes only).
+	pauseBin string
 }
+
+// replicas is the Deployment's pod count over every node it spans.
+func (w *Workload) replicas() int32 { return w.opts.Replicas * int32(1+len(w.opts.KwokNodes)) }
 
 // Deploy creates the meshed Deployment and its Service on the real node, waits until every
 // pod is Running with all containers ready, and (unless NoInterception) applies interception
@@ -127,6 +135,19 @@ func Deploy(ctx context.Context, c *simcluster.Cluster, opts Options) (*Workload
 		return nil, err
 	}
 	w := &Workload{c: c, cs: cs, opts: opts}
+	if len(opts.KwokNodes) > 0 {
+		if opts.Proxy.Kind != ProxyNginx {
+			return nil, errors.New("meshpods: pods on kwok nodes run the nginx sidecar only")
+		}
+		for _, n := range opts.KwokNodes {
+			if !slices.Contains(c.KwokNodeNames(), n) {
+				return nil, fmt.Errorf("meshpods: %q is not a kwok node of the cluster", n)
+			}
+		}
+		if w.pauseBin, err = c.GoBinary(ctx, "./test/simcluster/pause"); err != nil {
+			return nil, err
+		}
+	}
 	w.logf("images ready after %s", time.Since(began).Round(time.Millisecond))
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
 		Name: opts.Namespace, Labels: map[string]string{"istio-injection": "enabled"},
@@ -181,8 +202,8 @@ func (w *Workload) Intercept(ctx context.Context) error {
 // Delete removes the Deployment and Service and waits until the pods are gone; on a kwok node
 // it also kills the stand-in processes (their cgroups stay until the cluster stops).
 func (w *Workload) Delete(ctx context.Context) error {
-	if w.fake {
-		for _, p := range w.pods {
+	for _, p := range w.pods {
+		if p.Node != w.c.RealNodeName() {
 			for _, cg := range []string{p.App.Cgroup, p.Sidecar.Cgroup, filepath.Join(filepath.Dir(p.App.Cgroup), p.SandboxID)} {
 				pids, _ := cgroupPIDs(cg)
 				for _, pid := range pids {
@@ -360,10 +381,26 @@ func (w *Workload) deployment() *appsv1.Deployment {
 		// The injector puts the sidecar first, so that it starts before the app.
 		spec.Containers = []corev1.Container{sc, app}
 	}
+	if len(w.opts.KwokNodes) > 0 {
+		// The scheduler places the pods: only on these nodes, evenly.
+		spec.NodeName = ""
+		nodes := append([]string{w.c.RealNodeName()}, w.opts.KwokNodes...)
+		spec.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{
+			RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{{
+				MatchExpressions: []corev1.NodeSelectorRequirement{{Key: "kubernetes.io/hostname", Operator: corev1.NodeSelectorOpIn, Values: nodes}},
+			}}},
+		}}
+		spec.TopologySpreadConstraints = []corev1.TopologySpreadConstraint{{
+			MaxSkew: 1, TopologyKey: "kubernetes.io/hostname", WhenUnsatisfiable: corev1.DoNotSchedule,
+			LabelSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": w.opts.Name}},
+		}}
+		spec.Tolerations = []corev1.Toleration{{Key: "kwok.x-k8s.io/node", Operator: corev1.TolerationOpExists}}
+	}
+	replicas := w.replicas()
 	return &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: w.opts.Name, Namespace: w.opts.Namespace, Labels: map[string]string{"app": w.opts.Name}},
 		Spec: appsv1.DeploymentSpec{
-			Replicas: &w.opts.Replicas,
+			Replicas: &replicas,
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": w.opts.Name}},
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: w.annotations()},
@@ -377,7 +414,7 @@ func (w *Workload) deployment() *appsv1.Deployment {
 // each pod's containers, cgroups, processes and network namespace from the node.
 func (w *Workload) waitReady(ctx context.Context) error {
 	var ready []corev1.Pod
-	err := poll(ctx, fmt.Sprintf("%d ready pods of %s/%s", w.opts.Replicas, w.opts.Namespace, w.opts.Name), func(ctx context.Context) error {
+	err := poll(ctx, fmt.Sprintf("%d ready pods of %s/%s", w.replicas(), w.opts.Namespace, w.opts.Name), func(ctx context.Context) error {
 		pods, err := w.cs.CoreV1().Pods(w.opts.Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app=" + w.opts.Name})
 		if err != nil {
 			return err
@@ -391,7 +428,7 @@ func (w *Workload) waitReady(ctx context.Context) error {
 			}
 			states = append(states, describePod(&p))
 		}
-		if int32(len(ready)) < w.opts.Replicas {
+		if int32(len(ready)) < w.replicas() {
 			return fmt.Errorf("%d ready; not ready: %s", len(ready), strings.Join(states, "; "))
 		}
 		return nil
@@ -400,6 +437,14 @@ func (w *Workload) waitReady(ctx context.Context) error {
 		return err
 	}
 	for i := range ready {
+		if node := ready[i].Spec.NodeName; node != w.c.RealNodeName() {
+			p, err := w.startFakePod(ctx, &ready[i], node, w.pauseBin)
+			if err != nil {
+				return err
+			}
+			w.pods = append(w.pods, p)
+			continue
+		}
 		p, err := newPod(w.c, &ready[i])
 		if err != nil {
 			return err

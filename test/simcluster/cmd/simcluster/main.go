@@ -2,7 +2,8 @@
 // demo` and for trying things by hand) and stops it again.
 //
 //	simcluster build                                  build and cache binaries and images
-//	simcluster start [--kwok-nodes N] [--no-real-node] [--no-kwok-agents] print the admin kubeconfig path when Ready
+//	simcluster start [--kwok-nodes N] [--no-real-node] [--no-kwok-agents] [--mesh-demo]
+//	                                                  print the admin kubeconfig path when Ready
 //	simcluster stop                                   stop the clusters `start` left running
 //
 // `start` re-executes itself as a supervisor in its own session, which owns every component
@@ -14,6 +15,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -27,12 +29,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kubectl-mesh/kubectl-mesh/test/meshpods"
 	"github.com/kubectl-mesh/kubectl-mesh/test/simcluster"
 )
 
 const usage = `usage:
   simcluster build [--cache DIR]
-  simcluster start [--kwok-nodes N] [--no-real-node] [--no-kwok-agents] [--cache DIR]
+  simcluster start [--kwok-nodes N] [--no-real-node] [--no-kwok-agents] [--mesh-demo] [--cache DIR]
   simcluster stop [--cache DIR]
 
 The cache defaults to $MESH_SIM_CACHE, else <repository>/.cache. Needs root.
@@ -70,6 +73,7 @@ type startFlags struct {
 	kwokNodes  int
 	noRealNode bool
 	noAgents   bool
+	meshDemo   bool
 	cache      string
 	log        string // supervisor only: its log file, removed after a clean stop
 }
@@ -80,6 +84,7 @@ func parseStart(name string, args []string) (startFlags, error) {
 	fs.IntVar(&f.kwokNodes, "kwok-nodes", 2, "number of kwok fake nodes")
 	fs.BoolVar(&f.noRealNode, "no-real-node", false, "run without the real node (kubelet + containerd)")
 	fs.BoolVar(&f.noAgents, "no-kwok-agents", false, "give kwok nodes no local agent processes (for scale runs of many nodes)")
+	fs.BoolVar(&f.meshDemo, "mesh-demo", false, "also mesh two of three nodes: an Istio-shaped control plane and a meshed Deployment (the demo's)")
 	fs.StringVar(&f.cache, "cache", "", "cache directory")
 	if name == "supervise" {
 		fs.StringVar(&f.log, "log", "", "supervisor log file")
@@ -143,7 +148,7 @@ func start(args []string) error {
 		return err
 	}
 	cmd := exec.Command(self, "supervise", "--kwok-nodes", strconv.Itoa(f.kwokNodes),
-		"--no-real-node="+strconv.FormatBool(f.noRealNode), "--no-kwok-agents="+strconv.FormatBool(f.noAgents), "--cache", cache, "--log", logPath)
+		"--no-real-node="+strconv.FormatBool(f.noRealNode), "--no-kwok-agents="+strconv.FormatBool(f.noAgents), "--mesh-demo="+strconv.FormatBool(f.meshDemo), "--cache", cache, "--log", logPath)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{pw}
 	// Its own session: the supervisor outlives this command and the terminal's Ctrl-C.
@@ -248,6 +253,16 @@ func supervise(args []string) error {
 		if err := os.Rename(f.log, filepath.Join(c.Dir(), "logs", "supervisor.log")); err == nil {
 			f.log = ""
 		}
+	}
+	// The stand-in pods of kwok nodes are this process's children: they live as long as it.
+	if f.meshDemo {
+		w, err := meshpods.DeployDemo(ctx, c, out)
+		if err != nil {
+			out.finish(failedPrefix + "meshing the demo: " + strings.ReplaceAll(err.Error(), "\n", "\n  "))
+			return errors.Join(err, c.Stop())
+		}
+		fmt.Fprintf(out, "simcluster: meshed Deployment %s/%s (%d pods), Istio %s control plane in %s\n",
+			w.Namespace(), w.Name(), len(w.Pods()), meshpods.DemoIstioVersion, meshpods.IstioNamespace)
 	}
 	out.finish(readyPrefix + c.Kubeconfig())
 	<-ctx.Done()
