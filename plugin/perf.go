@@ -141,14 +141,19 @@ func (o *PerfRunOptions) finish(ctx context.Context, c *cluster, run *perfrun.Ru
 		fmt.Fprintf(o.ErrOut, "Saved run %s to %s\n", run.GetId(), where)
 	}
 	if len(saved) > 0 {
-		fmt.Fprintf(o.ErrOut, "Report: %s perf export %s --format html > report.html\n", displayName, shortID(run.GetId()))
+		fmt.Fprintf(o.ErrOut, "HTML report: %s perf export %s --format html > report.html\n", displayName, shortID(run.GetId()))
 	}
 
 	var failures []error
 	failures = append(failures, saveErrs...)
-	_, total := perfrun.Summarize(run)
+	nodes, total := perfrun.Summarize(run)
 	if failed := failedNodes(run); len(failed) > 0 {
 		failures = append(failures, fmt.Errorf("%d of %d nodes failed: %s", len(failed), len(run.GetNodes()), strings.Join(failed, "; ")))
+	}
+	for _, n := range nodes {
+		if !n.Failed && !n.Measured() {
+			failures = append(failures, fmt.Errorf("node %s measured no latency (see the problems above)", n.Node))
+		}
 	}
 	if total.Failed {
 		failures = append(failures, errors.New("no node returned a result"))
@@ -251,9 +256,22 @@ func (o *perfReadOptions) open(ctx context.Context, ref string) (*perfrun.Run, e
 	if err != nil {
 		return nil, err
 	}
+	if ref == latestRun {
+		entries, errs := runstore.List(ctx, stores...)
+		if len(entries) == 0 {
+			if len(errs) > 0 {
+				return nil, fmt.Errorf("no readable stored run: %w", errors.Join(errs...))
+			}
+			return nil, fmt.Errorf("no stored run yet; start one with `%s perf run`", displayName)
+		}
+		ref = entries[0].ID
+	}
 	r, _, err := runstore.Open(ctx, ref, stores...)
 	return r, err
 }
+
+// latestRun names the newest stored run wherever a run id is expected.
+const latestRun = "latest"
 
 // PerfListOptions lists stored runs.
 type PerfListOptions struct {
@@ -337,10 +355,10 @@ type PerfShowOptions struct {
 func newCmdPerfShow(flags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams) *cobra.Command {
 	o := &PerfShowOptions{perfReadOptions: newPerfReadOptions(flags, streams)}
 	cmd := &cobra.Command{
-		Use:   "show (ID | FILE) [flags]",
+		Use:   "show (ID | latest | FILE) [flags]",
 		Short: "Print a stored run (ID may be a unique prefix; FILE a run saved by perf export --format json)",
 		Example: fmt.Sprintf(`  %[1]s perf show 3f2a
-  %[1]s perf show 3f2a -o smp-yaml`, displayName),
+  %[1]s perf show latest -o smp-yaml`, displayName),
 		Args: exactArgs(1, "a run id or file"),
 		RunE: runE(o),
 	}
@@ -383,7 +401,7 @@ var exportFormats = []string{outputSMPYAML, outputSMPJSON, outputJSON, outputHTM
 func newCmdPerfExport(flags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams) *cobra.Command {
 	o := &PerfExportOptions{perfReadOptions: newPerfReadOptions(flags, streams), Format: outputSMPYAML}
 	cmd := &cobra.Command{
-		Use:   "export (ID | FILE) [flags]",
+		Use:   "export (ID | latest | FILE) [flags]",
 		Short: "Write a stored run as SMP documents, the run's JSON, or a self-contained HTML report",
 		Example: fmt.Sprintf(`  %[1]s perf export 3f2a --format html > report.html
   %[1]s perf export 3f2a --format smp-json > smp.json`, displayName),
