@@ -213,7 +213,8 @@ func (o *PerfRunOptions) Validate() error {
 
 // badLoadFlag phrases the load generator's refusal in terms of the flags.
 func badLoadFlag(err error) error {
-	return fmt.Errorf("invalid load: %v", strings.TrimPrefix(err.Error(), "loadgen: "))
+	msg := strings.TrimPrefix(err.Error(), "loadgen: ")
+	return fmt.Errorf("invalid load: %s", strings.TrimPrefix(msg, loadgen.ErrInvalidOptions.Error()+": "))
 }
 
 func (o *PerfRunOptions) Run(ctx context.Context) error {
@@ -428,10 +429,12 @@ func runNode(ctx context.Context, ac agentapi.AgentClient, req *agentapi.RunRequ
 }
 
 // fetchResult asks again for a run's result, a few times: the agent may still be finishing.
+// Each attempt redials (gRPC reconnects through a new port-forward); a dead agent costs a
+// few seconds, not the node's whole budget.
 func fetchResult(ctx context.Context, ac agentapi.AgentClient, id string) (*agentapi.RunResult, error) {
 	var last error
 	for range 3 {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		res, err := ac.Result(cctx, &agentapi.ResultRequest{RunId: id})
 		cancel()
 		if err == nil {
