@@ -242,6 +242,7 @@ func (o *serveOptions) run(ctx context.Context) error {
 	}
 	defer lis.Close()
 
+	agentSrv := server.New(facts, disc, measurer)
 	var metricsSrv *http.Server
 	metricsErr := make(chan error, 1)
 	if o.metricsListen != "" {
@@ -255,6 +256,7 @@ func (o *serveOptions) run(ctx context.Context) error {
 		if sampler != nil {
 			metrics.RegisterSidecars(reg, server.NewScraper(disc, sampler, facts.CgroupNamespace, log))
 		}
+		metrics.RegisterRuns(reg, agentSrv)
 		mlis, err := net.Listen("tcp", o.metricsListen)
 		if err != nil {
 			return fmt.Errorf("metrics listen: %w", err)
@@ -269,7 +271,7 @@ func (o *serveOptions) run(ctx context.Context) error {
 	gs := grpc.NewServer()
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
-	agentapi.RegisterAgentServer(gs, server.New(facts, disc, measurer))
+	agentapi.RegisterAgentServer(gs, agentSrv)
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	hs.SetServingStatus(agentapi.Agent_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	grpcErr := make(chan error, 1)

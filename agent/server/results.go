@@ -88,6 +88,16 @@ func (s *runStore) result(id string) (*agentapi.RunResult, error) {
 	return nil, status.Errorf(codes.NotFound, "no result for run %q on this agent (it keeps the last %d)", id, KeptResults)
 }
 
+// LastRun is the last finished run's result, nil before the first; the metrics show it.
+func (a *Agent) LastRun() *agentapi.RunResult {
+	a.runs.mu.Lock()
+	defer a.runs.mu.Unlock()
+	if len(a.runs.kept) == 0 {
+		return nil
+	}
+	return a.runs.kept[len(a.runs.kept)-1]
+}
+
 // Stop ends the current run; its result is kept with stopped set.
 func (a *Agent) Stop(_ context.Context, req *agentapi.StopRequest) (*agentapi.StopResponse, error) {
 	return a.runs.stop(req.GetRunId())

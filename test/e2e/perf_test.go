@@ -273,10 +273,15 @@ func TestMeshStatusOverheadAndPerf(t *testing.T) {
 		if list.code != 0 || strings.Count(list.stdout, "\n") < 4 {
 			t.Fatalf("perf list: %s", list)
 		}
-		second := mesh(t, "perf", "run", target, "-n", ns, "--rate", "300", "--duration", "5s", "--warmup", "1s", "-o", "json")
+		second := mesh(t, "perf", "run", target, "-n", ns, "--rate", "300", "--duration", "5s", "--warmup", "1s", "-o", "json", "--store", "cluster")
 		run, err := perfrun.Unmarshal([]byte(second.stdout))
 		if second.code != 0 || err != nil {
 			t.Fatalf("second run: %v %s", err, second)
+		}
+		// Kept in the cluster too: a teammate with an empty store finds it there.
+		teammate := kubectlEnv(t, kc, []string{"XDG_DATA_HOME=" + t.TempDir()}, "mesh", "perf", "show", run.GetId()[:8], "--store", "cluster", "-o", "json")
+		if back, err := perfrun.Unmarshal([]byte(teammate.stdout)); err != nil || back.GetId() != run.GetId() {
+			t.Fatalf("the run is not in the cluster store (%v): %s", err, teammate)
 		}
 		cmp := mesh(t, "perf", "compare", firstID, run.GetId())
 		if cmp.code != 0 || !strings.Contains(cmp.stdout, "added_p50") || !strings.Contains(cmp.stdout, "significant") {
