@@ -4,8 +4,10 @@
 //
 // The BPF side (bpf/residency.c) pairs each HTTP/1.1 request with its response per proxy
 // socket and adds the two legs it spends inside the proxy into per-CPU log-linear
-// histograms; this package loads it for one eBPF tier, keeps the set of traced proxy
-// processes, and reads the histograms merged across CPUs.
+// histograms; for protocols whose requests cannot be paired (HTTP/2, gRPC, TCP) it times
+// each burst of data from its arrival on one side to the proxy's next write on the other
+// (connection-level queueing). This package loads it for one eBPF tier, keeps the set of
+// traced proxy processes, and reads the histograms merged across CPUs.
 package residency
 
 import (
@@ -42,16 +44,24 @@ const (
 	RequestLeg
 	// ResponseLeg is arrival on the upstream socket to the write on the downstream one.
 	ResponseLeg
-	// QueueDownstream is arrival to first read on the proxy's downstream sockets. It needs
-	// no pairing, so it is the measure that still holds for HTTP/2 and gRPC.
+	// QueueDownstream is arrival to first read on the proxy's downstream sockets: the
+	// proxy's wake-up and socket queueing alone.
 	QueueDownstream
 	// QueueUpstream is the same on the proxy's upstream sockets.
 	QueueUpstream
+	// ForwardRequest is connection-level queueing in the request direction: from the
+	// arrival of data the proxy reads on a downstream socket to its next write on an
+	// upstream one, once per such read→forward burst. It pairs nothing with anything, so
+	// it holds for multiplexed protocols (HTTP/2, gRPC) and opaque TCP.
+	ForwardRequest
+	// ForwardResponse is the same in the response direction: upstream arrival to the next
+	// downstream write.
+	ForwardResponse
 	// Metrics is the number of metrics.
 	Metrics
 )
 
-var metricNames = [Metrics]string{"residency", "residency_read", "request_leg", "response_leg", "queue_downstream", "queue_upstream"}
+var metricNames = [Metrics]string{"residency", "residency_read", "request_leg", "response_leg", "queue_downstream", "queue_upstream", "forward_request", "forward_response"}
 
 func (m Metric) String() string {
 	if m >= 0 && m < Metrics {
@@ -156,6 +166,63 @@ func (h *Histogram) Mean() time.Duration {
 		return 0
 	}
 	return time.Duration(sum / float64(n))
+}
+
+// Convolve is the distribution of a + b for independent draws a from h and b from o: the
+// two directions' forward times combined into one exchange's time in the proxy, where
+// multiplexing leaves no way to pair them. Each pair of buckets weighs the product of their
+// shares at the sum of their midpoints; the result is scaled to a total of about 2^30 so
+// that long runs cannot overflow it, so its quantiles, not its total, are what it is for.
+// Empty when either is.
+func (h *Histogram) Convolve(o *Histogram) Histogram {
+	type bin struct {
+		mid   uint64
+		share float64
+	}
+	nonzero := func(x *Histogram) []bin {
+		total := float64(x.Total())
+		var bs []bin
+		for i, c := range x.Counts {
+			if c > 0 {
+				lo, hi := BucketBounds(i)
+				bs = append(bs, bin{lo + (hi-lo)/2, float64(c) / total})
+			}
+		}
+		return bs
+	}
+	var out Histogram
+	bs := nonzero(o)
+	for _, a := range nonzero(h) {
+		for _, b := range bs {
+			out.Counts[BucketOf(a.mid+b.mid)] += uint64(math.Round(a.share * b.share * (1 << 30)))
+		}
+	}
+	return out
+}
+
+// Rescaled is h with its total brought to total, for showing a Convolve result as counts of
+// exchanges. Counts are rounded on the cumulative sum, so the total is exact and every
+// quantile moves by at most one count's rank; buckets with a share below one count vanish
+// rather than each being raised to one, which would fatten the tail.
+func (h *Histogram) Rescaled(total uint64) Histogram {
+	var out Histogram
+	t := h.Total()
+	if t == 0 {
+		return out
+	}
+	f := float64(total) / float64(t)
+	var cum float64
+	var given uint64
+	for i, c := range h.Counts {
+		if c == 0 {
+			continue
+		}
+		cum += float64(c) * f
+		upTo := min(uint64(math.Round(cum)), total)
+		out.Counts[i] = upTo - given
+		given = upTo
+	}
+	return out
 }
 
 // HDR converts the histogram to an HDR histogram in nanoseconds (1 ns to about 34 s,

@@ -70,3 +70,40 @@ func TestParseListening(t *testing.T) {
 		t.Fatalf("parseListening = %v; want [8080 15102]", got)
 	}
 }
+
+// TestConvolve: the sum of a uniform draw on [100, 200] µs and one on [1, 2] ms has a
+// trapezoid density over [1.1, 2.2] ms whose 100 µs ramps each hold 5%: the median is
+// 1.65 ms and the 1% and 99% points are sqrt(0.01·2·100·1000) ≈ 44.7 µs inside the ends
+// (1.1447 and 2.1553 ms), give or take a bucket (1.6%).
+func TestConvolve(t *testing.T) {
+	var a, b Histogram
+	for i := range 1000 {
+		a.Counts[BucketOf(uint64(100_000+i*100))]++
+		// Three times the samples: only the shapes may matter, not the counts.
+		b.Counts[BucketOf(uint64(1_000_000+i*1000))] += 3
+	}
+	c := a.Convolve(&b)
+	for _, q := range []struct {
+		q      float64
+		lo, hi time.Duration
+	}{
+		{0.5, 1625 * time.Microsecond, 1675 * time.Microsecond},
+		{0.01, 1120 * time.Microsecond, 1170 * time.Microsecond},
+		{0.99, 2130 * time.Microsecond, 2180 * time.Microsecond},
+	} {
+		if got := c.Quantile(q.q); got < q.lo || got > q.hi {
+			t.Errorf("convolved q%v = %v; want within [%v, %v]", q.q, got, q.lo, q.hi)
+		}
+	}
+	r := c.Rescaled(1000)
+	if n := r.Total(); n != 1000 {
+		t.Errorf("rescaled to 1000: total %d", n)
+	}
+	if got, want := r.Quantile(0.5), c.Quantile(0.5); (got - want).Abs() > want/subBuckets {
+		t.Errorf("rescaled median %v; the convolution's is %v", got, want)
+	}
+	var empty Histogram
+	if e := a.Convolve(&empty); e.Total() != 0 {
+		t.Errorf("convolving with an empty histogram gave %d", e.Total())
+	}
+}

@@ -23,17 +23,25 @@ type residencySkState struct {
 	T_respRead uint64
 	T_next     uint64
 	T_queue    uint64
+	T_burst    uint64
 	Lport      uint16
 	Role       uint8
 	Phase      uint8
 	Pad        [4]uint8
 }
 
-type residencyTrackedProc struct {
+type residencyTidState struct {
 	_         structs.HostLayout
 	PendingSk uint64
+	BurstSk   [2]uint64
+}
+
+type residencyTrackedProc struct {
+	_         structs.HostLayout
+	Tgid      uint32
 	HasPorts  uint32
-	Pad       uint32
+	PendingSk uint64
+	BurstSk   [2]uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -43,6 +51,8 @@ const (
 	residencyMapCounters               = "counters"
 	residencyMapHist                   = "hist"
 	residencyMapListenPorts            = "listen_ports"
+	residencyMapProcs                  = "procs"
+	residencyMapSkFilter               = "sk_filter"
 	residencyMapSocks                  = "socks"
 	residencyMapTidPending             = "tid_pending"
 	residencyMapTracked                = "tracked"
@@ -116,6 +126,8 @@ type residencyMapSpecs struct {
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
 	Hist        *ebpf.MapSpec `ebpf:"hist"`
 	ListenPorts *ebpf.MapSpec `ebpf:"listen_ports"`
+	Procs       *ebpf.MapSpec `ebpf:"procs"`
+	SkFilter    *ebpf.MapSpec `ebpf:"sk_filter"`
 	Socks       *ebpf.MapSpec `ebpf:"socks"`
 	TidPending  *ebpf.MapSpec `ebpf:"tid_pending"`
 	Tracked     *ebpf.MapSpec `ebpf:"tracked"`
@@ -151,6 +163,8 @@ type residencyMaps struct {
 	Counters    *ebpf.Map `ebpf:"counters"`
 	Hist        *ebpf.Map `ebpf:"hist"`
 	ListenPorts *ebpf.Map `ebpf:"listen_ports"`
+	Procs       *ebpf.Map `ebpf:"procs"`
+	SkFilter    *ebpf.Map `ebpf:"sk_filter"`
 	Socks       *ebpf.Map `ebpf:"socks"`
 	TidPending  *ebpf.Map `ebpf:"tid_pending"`
 	Tracked     *ebpf.Map `ebpf:"tracked"`
@@ -161,6 +175,8 @@ func (m *residencyMaps) Close() error {
 		m.Counters,
 		m.Hist,
 		m.ListenPorts,
+		m.Procs,
+		m.SkFilter,
 		m.Socks,
 		m.TidPending,
 		m.Tracked,

@@ -49,7 +49,16 @@ type Options struct {
 	// StaleAfter is the longest leg the programs pair; longer ones are counted as stale
 	// (a response that never came, a connection left idle). Default 10 s.
 	StaleAfter time.Duration
+	// RunStats turns on the kernel's run-time accounting for Stats. It is node-wide: while
+	// on, every BPF program on the node (a CNI's datapath too) pays two clock reads per run,
+	// which on the 2-CPU VM this was measured on made an empty program's run cost 70–80 ns,
+	// more than a rejected event of ours. So it is for diagnosis and benchmarks, and the
+	// agent's measurements leave it off.
+	RunStats bool
 }
+
+// ErrRunStatsOff is StatsErr when Options.RunStats was not asked for.
+var ErrRunStatsOff = errors.New("run-time accounting not requested (Options.RunStats)")
 
 // Tracer is the residency programs of one tier, loaded and attached, tracing a set of
 // proxy processes.
@@ -60,6 +69,8 @@ type Tracer struct {
 	progs   map[string]*ebpf.Program
 	links   []link.Link
 	tracked *ebpf.Map
+	// procs is tracked again, one slot per low bits of the tgid (bpf/residency.c).
+	procs   *ebpf.Map
 	ports   *ebpf.Map
 	hist    *ebpf.Map
 	counts  *ebpf.Map
@@ -109,9 +120,12 @@ func StartWith(tier ebpftier.Tier, pids []uint32, opts Options) (*Tracer, error)
 		}
 	}
 	t := &Tracer{tier: tier, progs: map[string]*ebpf.Program{}}
-	// Run-time accounting costs two clock reads per program run, only while the
-	// returned handle is open; Close releases it.
-	t.stats, t.statErr = ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	t.statErr = ErrRunStatsOff
+	if opts.RunStats {
+		// On only while the returned handle is open (and no one else holds one); Close
+		// releases it.
+		t.stats, t.statErr = ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	}
 
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
@@ -125,10 +139,12 @@ func StartWith(tier ebpftier.Tier, pids []uint32, opts Options) (*Tracer, error)
 		t.progs[h.program] = coll.DetachProgram(h.program)
 	}
 	t.tracked = coll.DetachMap(residencyMapTracked)
+	t.procs = coll.DetachMap(residencyMapProcs)
 	t.ports = coll.DetachMap(residencyMapListenPorts)
 	t.hist = coll.DetachMap(residencyMapHist)
 	t.counts = coll.DetachMap(residencyMapCounters)
-	t.others = []*ebpf.Map{coll.DetachMap(residencyMapSocks), coll.DetachMap(residencyMapTidPending)}
+	t.others = []*ebpf.Map{coll.DetachMap(residencyMapSocks), coll.DetachMap(residencyMapTidPending),
+		coll.DetachMap(residencyMapSkFilter)}
 	coll.Close()
 
 	if err := t.Track(pids...); err != nil {
@@ -161,7 +177,7 @@ func (t *Tracer) Track(pids ...uint32) error {
 		return errors.New("residency tracer is closed")
 	}
 	for _, pid := range pids {
-		var v residencyTrackedProc
+		v := residencyTrackedProc{Tgid: pid}
 		ports, err := ListeningPorts(pid)
 		if err == nil && len(ports) > 0 {
 			for _, port := range ports {
@@ -173,6 +189,49 @@ func (t *Tracer) Track(pids ...uint32) error {
 		}
 		if err := t.tracked.Update(pid, v, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("track pid %d: %w", pid, err)
+		}
+	}
+	return t.syncSlots(pids)
+}
+
+// tgidSlot is the slot of bpf/residency.c's procs a tgid maps to.
+func tgidSlot(pid uint32) uint32 { return pid & (tgidSlots - 1) }
+
+const (
+	tgidSlots  = 1 << 14
+	tgidShared = 0xFFFFFFFF
+)
+
+// syncSlots rewrites the procs slots that pids map to from tracked: empty, the one process
+// that maps there, or shared (the programs then look the task up in tracked). A slot that
+// already holds its process is left alone, so its pairing state survives a refresh.
+func (t *Tracer) syncSlots(pids []uint32) error {
+	bySlot := map[uint32][]residencyTrackedProc{}
+	var pid uint32
+	var v residencyTrackedProc
+	it := t.tracked.Iterate()
+	for it.Next(&pid, &v) {
+		bySlot[tgidSlot(pid)] = append(bySlot[tgidSlot(pid)], v)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list tracked pids: %w", err)
+	}
+	for _, pid := range pids {
+		slot := tgidSlot(pid)
+		var want residencyTrackedProc
+		switch in := bySlot[slot]; len(in) {
+		case 0:
+		case 1:
+			want = in[0]
+			var have residencyTrackedProc
+			if err := t.procs.Lookup(slot, &have); err == nil && have.Tgid == want.Tgid && have.HasPorts == want.HasPorts {
+				continue
+			}
+		default:
+			want.Tgid = tgidShared
+		}
+		if err := t.procs.Update(slot, want, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("pid %d: set its slot: %w", pid, err)
 		}
 	}
 	return nil
@@ -209,7 +268,7 @@ func (t *Tracer) Untrack(pids ...uint32) error {
 			return fmt.Errorf("untrack pid %d: %w", pid, err)
 		}
 	}
-	return nil
+	return t.syncSlots(pids)
 }
 
 // SetTracked makes pids the traced set: discovery calls it with the node's current proxies.
@@ -313,8 +372,9 @@ func readPerCPU(m *ebpf.Map, n, cpus int) ([]uint64, error) {
 	return sums, nil
 }
 
-// Stats returns the kernel's run count and run time of every attached program. Run time
-// is zero when the kernel refused to enable its accounting (StatsErr says why).
+// Stats returns the kernel's run count and run time of every attached program. Both are
+// zero unless run-time accounting is on (Options.RunStats, or another holder of it on the
+// node); StatsErr says why not.
 func (t *Tracer) Stats() (ProgramStats, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -350,12 +410,12 @@ func (t *Tracer) Close() error {
 		errs = append(errs, p.Close())
 		delete(t.progs, name)
 	}
-	for _, m := range append([]*ebpf.Map{t.tracked, t.ports, t.hist, t.counts}, t.others...) {
+	for _, m := range append([]*ebpf.Map{t.tracked, t.procs, t.ports, t.hist, t.counts}, t.others...) {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}
 	}
-	t.tracked, t.ports, t.hist, t.counts, t.others = nil, nil, nil, nil, nil
+	t.tracked, t.procs, t.ports, t.hist, t.counts, t.others = nil, nil, nil, nil, nil, nil
 	if t.stats != nil {
 		errs = append(errs, t.stats.Close())
 		t.stats = nil

@@ -280,10 +280,11 @@ func measure(t *testing.T, tr *Tracer, p runningProxy) measurement {
 func (m measurement) report(t *testing.T, label string) {
 	h := &m.snap.Histograms
 	c := m.snap.Counters
-	t.Logf("%s: client p50 %v | log p50 %v (from write starts %v) | eBPF residency p50 %v p90 %v p99 %v (n=%d), from reads p50 %v mean %v, request leg p50 %v, response leg p50 %v, queueing p50 down %v up %v | paired %d/%d, no-arrival %d, no-response %d, unpaired-forward %d, stale %d | %d BPF runs, mean %v",
+	t.Logf("%s: client p50 %v | log p50 %v (from write starts %v) | eBPF residency p50 %v p90 %v p99 %v (n=%d), from reads p50 %v mean %v, request leg p50 %v, response leg p50 %v, queueing p50 down %v up %v, forward p50 request %v (n=%d) response %v (n=%d) | paired %d/%d, no-arrival %d, no-response %d, unpaired-forward %d, stale %d | %d BPF runs, mean %v",
 		label, m.clientP50, m.logP50, m.logStartP50, h[Residency].Quantile(0.5), h[Residency].Quantile(0.9), h[Residency].Quantile(0.99), h[Residency].Total(),
 		h[ResidencyRead].Quantile(0.5), h[ResidencyRead].Mean(), h[RequestLeg].Quantile(0.5), h[ResponseLeg].Quantile(0.5),
 		h[QueueDownstream].Quantile(0.5), h[QueueUpstream].Quantile(0.5),
+		h[ForwardRequest].Quantile(0.5), h[ForwardRequest].Total(), h[ForwardResponse].Quantile(0.5), h[ForwardResponse].Total(),
 		c.Paired, m.logLength, c.NoArrival, c.NoResponse, c.UnpairedForward, c.Stale, m.stats.Runs, m.stats.MeanRuntime())
 	for name, ps := range m.stats.PerProgram {
 		t.Logf("  %s: %d runs, mean %v", name, ps.Runs, ps.Runtime/time.Duration(max(ps.Runs, 1)))
@@ -312,6 +313,17 @@ func (m measurement) checkAgainstLog(t *testing.T) {
 	// The unpaired fallback sees every request's arrival being read, paired or not.
 	if q := m.snap.Histograms[QueueDownstream].Total(); q < uint64(m.logLength)*99/100 {
 		t.Errorf("downstream queueing recorded %d times for %d requests", q, m.logLength)
+	}
+	// For HTTP/1.1 each direction's forward burst is its paired leg measured without the
+	// pairing: from the same arrival to the same write, one per request.
+	for _, c := range []struct{ fwd, leg Metric }{{ForwardRequest, RequestLeg}, {ForwardResponse, ResponseLeg}} {
+		f, l := &m.snap.Histograms[c.fwd], &m.snap.Histograms[c.leg]
+		if n := f.Total(); n < uint64(m.logLength)*99/100 || n > uint64(m.logLength)+1 {
+			t.Errorf("%s recorded %d times for %d requests", c.fwd, n, m.logLength)
+		}
+		if d := (f.Quantile(0.5) - l.Quantile(0.5)).Abs(); d > tolerance(l.Quantile(0.5)) {
+			t.Errorf("%s p50 %v differs from %s p50 %v by more than %v", c.fwd, f.Quantile(0.5), c.leg, l.Quantile(0.5), tolerance(l.Quantile(0.5)))
+		}
 	}
 }
 
@@ -345,7 +357,7 @@ func TestResidencyMatchesProxyLog(t *testing.T) {
 		p := startProxy(t, delay, "127.0.0.1:0", up)
 		for _, tier := range []ebpftier.Tier{ebpftier.TPBTF, ebpftier.RawTP} {
 			t.Run(fmt.Sprintf("d=%v/%s", delay, tier), func(t *testing.T) {
-				tr, err := Start(tier, []uint32{p.pid})
+				tr, err := StartWith(tier, []uint32{p.pid}, Options{RunStats: true})
 				if err != nil {
 					t.Logf("%s unavailable: %v", tier, err)
 					return
@@ -416,11 +428,43 @@ func TestUntrackedProxyIsNotMeasured(t *testing.T) {
 	if d := tracked.Sub(&after); d.Counters.Paired < 45 {
 		t.Fatalf("tracked proxy: paired %d of 50", d.Counters.Paired)
 	}
+	// A second tracked process whose tgid has the same low bits shares the proxy's slot:
+	// both are then found through the hash, and measured as before.
+	other := p.pid ^ tgidSlots
+	if err := tr.Track(other); err != nil {
+		t.Fatal(err)
+	}
+	var slot residencyTrackedProc
+	if err := tr.procs.Lookup(tgidSlot(p.pid), &slot); err != nil || slot.Tgid != tgidShared {
+		t.Fatalf("slot after tracking %d and %d: %+v, %v; want shared", p.pid, other, slot, err)
+	}
+	drive(t, p.addr, 50)
+	shared, err := tr.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := shared.Sub(&tracked); d.Counters.Paired < 45 {
+		t.Fatalf("tracked proxy in a shared slot: paired %d of 50 (%+v)", d.Counters.Paired, d.Counters)
+	}
+	if err := tr.Untrack(other); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.procs.Lookup(tgidSlot(p.pid), &slot); err != nil || slot.Tgid != p.pid {
+		t.Fatalf("slot after untracking %d: %+v, %v; want the proxy's own", other, slot, err)
+	}
 	if err := tr.SetTracked(nil); err != nil {
 		t.Fatal(err)
 	}
 	if pids, _ := tr.Tracked(); len(pids) != 0 {
 		t.Fatalf("after SetTracked(nil): %v", pids)
+	}
+	if err := tr.procs.Lookup(tgidSlot(p.pid), &slot); err != nil || slot.Tgid != 0 {
+		t.Fatalf("slot after SetTracked(nil): %+v, %v; want empty", slot, err)
+	}
+	before, _ = tr.Read()
+	drive(t, p.addr, 50)
+	if after, _ := tr.Read(); after.Sub(&before).Counters.Events != 0 {
+		t.Fatalf("untracked again, yet %d events", after.Sub(&before).Counters.Events)
 	}
 }
 
@@ -457,6 +501,10 @@ func TestTierChoice(t *testing.T) {
 	defer tr.Close()
 	if tr.Tier() != want {
 		t.Fatalf("automatic choice %s; trying each alone says %s", tr.Tier(), want)
+	}
+	// The agent's tracers leave the node's run-time accounting alone.
+	if err := tr.StatsErr(); !errors.Is(err, ErrRunStatsOff) {
+		t.Errorf("StatsErr without RunStats = %v; want ErrRunStatsOff", err)
 	}
 	if err := tr.Close(); err != nil {
 		t.Fatal(err)
@@ -577,5 +625,69 @@ func TestTracingStartsMidExchange(t *testing.T) {
 	}
 	if downs != 1 {
 		t.Errorf("%d sockets with state on the proxy's port %d; want the client's one connection", downs, port)
+	}
+}
+
+// TestStateFreedOnClose: every socket given state is forgotten at its close and its filter
+// count returned, on each tier. A socket whose close is missed keeps stale state that a new
+// socket at the same address would inherit, without the filter letting its arrivals in.
+func TestStateFreedOnClose(t *testing.T) {
+	requireRoot(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := upstream(t, ln)
+	for _, tier := range []ebpftier.Tier{ebpftier.TPBTF, ebpftier.RawTP} {
+		t.Run(tier.String(), func(t *testing.T) {
+			p := startProxy(t, 0, "127.0.0.1:0", up)
+			tr, err := Start(tier, []uint32{p.pid})
+			if err != nil {
+				if kernelHasSockTracepoints(t) {
+					t.Fatalf("%s did not start: %v", tier, err)
+				}
+				t.Skipf("%s unavailable: %v", tier, err)
+			}
+			defer tr.Close()
+			// The proxy opens an upstream connection per client connection and closes it
+			// with it; three connections in turn.
+			for range 3 {
+				drive(t, p.addr, 5)
+			}
+			left := func() (states, counts int) {
+				var sk uint64
+				var st residencySkState
+				it := tr.others[0].Iterate()
+				for it.Next(&sk, &st) {
+					states++
+				}
+				var slot, n uint32
+				it2 := tr.others[2].Iterate()
+				for it2.Next(&slot, &n) {
+					counts += int(n)
+				}
+				return states, counts
+			}
+			// The proxy closes its sides after the client's close reaches it.
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				states, counts := left()
+				if states == 0 && counts == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("after every connection closed: %d sockets with state, filter counts summing to %d; want none", states, counts)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			snap, err := tr.Read()
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Each connection's first request has no arrival; the other four pair.
+			if snap.Counters.Paired != 12 {
+				t.Errorf("paired %d of 15 requests on 3 connections; want 12 (%+v)", snap.Counters.Paired, snap.Counters)
+			}
+		})
 	}
 }

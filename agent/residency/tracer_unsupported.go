@@ -18,7 +18,13 @@ var errUnsupported = errors.New("residency programs are not built for " + runtim
 var ErrNotImplemented = errors.New("no residency programs for this tier")
 
 // Options tune a Tracer; the zero value is the default.
-type Options struct{ StaleAfter time.Duration }
+type Options struct {
+	StaleAfter time.Duration
+	RunStats   bool
+}
+
+// ErrRunStatsOff is StatsErr when Options.RunStats was not asked for.
+var ErrRunStatsOff = errors.New("run-time accounting not requested (Options.RunStats)")
 
 // Tracer is unavailable on this platform.
 type Tracer struct{ tier ebpftier.Tier }

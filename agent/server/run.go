@@ -36,6 +36,15 @@ const IdleWindow = 500 * time.Millisecond
 // ResidencyMethod is the AddedLatency.method of eBPF residency results.
 const ResidencyMethod = "ebpf-residency"
 
+// QueueingMethod is the AddedLatency.method of the eBPF fallback for loads whose requests
+// cannot be paired with their responses (HTTP/2, gRPC, TCP): connection-level queueing. Per
+// direction, each burst of data the proxy reads on one side is timed from its arrival to the
+// proxy's next write on the other side (residency.ForwardRequest, ForwardResponse); the
+// reported figures are those of the sum of the two directions taken as independent
+// (Histogram.Convolve), an exchange's time in the proxy as far as it can be told without
+// knowing which response answers which request.
+const QueueingMethod = "ebpf-queueing"
+
 // residencyQuantiles are the residency quantiles reported, the ones A/B reports.
 var residencyQuantiles = []float64{0.5, 0.9, 0.99}
 
@@ -306,15 +315,9 @@ func (a *Agent) measurePod(ctx context.Context, job podJob, counters *runCounter
 	}
 
 	abCfg, abReason := abConfig(job.Load)
-	var tracer *residency.Tracer
-	if job.Load.Protocol != loadgen.HTTP1 {
-		out.Problems = append(out.Problems, fmt.Sprintf("eBPF residency not measured: it pairs HTTP/1.1 requests with responses, and the load is %s", job.Load.Protocol))
-	} else {
-		var problem string
-		tracer, problem = startResidency(job, proxyPIDs(sc))
-		if problem != "" {
-			out.Problems = append(out.Problems, problem)
-		}
+	tracer, problem := startResidency(job, proxyPIDs(sc))
+	if problem != "" {
+		out.Problems = append(out.Problems, problem)
 	}
 	if tracer != nil {
 		defer tracer.Close()
@@ -394,15 +397,12 @@ func (a *Agent) measurePod(ctx context.Context, job podJob, counters *runCounter
 			out.Problems = append(out.Problems, "eBPF residency: read: "+err.Error())
 		} else {
 			w := after.Sub(&resBefore)
-			h := &w.Histograms[residency.Residency]
-			if h.Total() == 0 {
-				out.Problems = append(out.Problems, fmt.Sprintf("eBPF residency (tier %s) paired no request with its response in the proxy processes %v (events %d, dropped %d)",
-					tracer.Tier(), proxyPIDs(sc), w.Counters.Events, w.Counters.Drops()))
-			} else {
-				al := &agentapi.AddedLatency{Method: ResidencyMethod, Tier: Tier(tracer.Tier()), Histogram: residencyHistogram(h)}
-				for _, q := range residencyQuantiles {
-					al.Deltas = append(al.Deltas, &agentapi.Quantile{Quantile: q, Value: durationpb.New(h.Quantile(q))})
-				}
+			al, problem := residencyResult(&w, job.Load.Protocol, tracer.Tier())
+			if problem != "" {
+				out.Problems = append(out.Problems, fmt.Sprintf("%s in the proxy processes %v (events %d, dropped %d)",
+					problem, proxyPIDs(sc), w.Counters.Events, w.Counters.Drops()))
+			}
+			if al != nil {
 				pr.Added = append(pr.Added, al)
 			}
 		}
@@ -420,6 +420,38 @@ func (a *Agent) measurePod(ctx context.Context, job podJob, counters *runCounter
 		out.Stopped = true
 	}
 	return out
+}
+
+// residencyResult turns a traced window into the pod's eBPF added latency: request and
+// response paired for HTTP/1.1, connection-level queueing for the protocols that multiplex
+// or have no requests to pair. The problem says why there is none.
+func residencyResult(w *residency.Snapshot, p loadgen.Protocol, tier ebpftier.Tier) (*agentapi.AddedLatency, string) {
+	var h residency.Histogram
+	method := ResidencyMethod
+	if p == loadgen.HTTP1 {
+		h = w.Histograms[residency.Residency]
+		if h.Total() == 0 {
+			return nil, fmt.Sprintf("eBPF residency (tier %s) paired no request with its response", tier)
+		}
+	} else {
+		method = QueueingMethod
+		req, resp := &w.Histograms[residency.ForwardRequest], &w.Histograms[residency.ForwardResponse]
+		if req.Total() == 0 || resp.Total() == 0 {
+			return nil, fmt.Sprintf("eBPF connection-level queueing (tier %s; the fallback for %s, whose requests cannot be paired with responses) saw %d request-direction and %d response-direction forwards, and needs both",
+				tier, p, req.Total(), resp.Total())
+		}
+		h = req.Convolve(resp)
+	}
+	wire := h
+	if method == QueueingMethod {
+		// The convolution's counts are weights; on the wire it counts request bursts.
+		wire = h.Rescaled(w.Histograms[residency.ForwardRequest].Total())
+	}
+	al := &agentapi.AddedLatency{Method: method, Tier: Tier(tier), Histogram: residencyHistogram(&wire)}
+	for _, q := range residencyQuantiles {
+		al.Deltas = append(al.Deltas, &agentapi.Quantile{Quantile: q, Value: durationpb.New(h.Quantile(q))})
+	}
+	return al, ""
 }
 
 // residencyHistogram puts residency on the wire's microsecond layout, each bucket at its

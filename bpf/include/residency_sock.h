@@ -8,6 +8,10 @@
 #define __MESH_RESIDENCY_SOCK_H__
 
 struct sock_common___mesh {
+	/* The remote and local IPv4 addresses. */
+	__u64 skc_addrpair;
+	/* The remote port, network order. */
+	__u16 skc_dport;
 	/* The local port in host byte order. */
 	__u16 skc_num;
 } __attribute__((preserve_access_index));
