@@ -96,7 +96,11 @@ func methodsLine(s perfrun.Summary) string {
 		for _, t := range s.ResidencyTiers {
 			ts = append(ts, tierName(t))
 		}
-		parts = append(parts, "RESIDENCY = time inside the proxy from eBPF (tier "+strings.Join(ts, ", ")+")")
+		what := "time each request spends inside the proxy"
+		if s.EBPFMethod == perfrun.MethodQueueing {
+			what = "time data waits inside the proxy between arriving on one side and leaving on the other (connection-level queueing: the load is multiplexed)"
+		}
+		parts = append(parts, "RESIDENCY = "+what+", from eBPF (tier "+strings.Join(ts, ", ")+")")
 	} else {
 		parts = append(parts, "eBPF residency did not run")
 	}

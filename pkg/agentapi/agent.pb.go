@@ -1442,7 +1442,8 @@ func (x *Quantile) GetCiHigh() *durationpb.Duration {
 
 type AddedLatency struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// "ab" or "ebpf-residency".
+	// "ab", "ebpf-residency" (HTTP/1.1: time each request spends in the proxy) or
+	// "ebpf-queueing" (multiplexed protocols: time data waits in the proxy between sides).
 	Method string      `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`
 	Tier   EbpfTier    `protobuf:"varint,2,opt,name=tier,proto3,enum=meshagent.v1.EbpfTier" json:"tier,omitempty"`
 	Deltas []*Quantile `protobuf:"bytes,3,rep,name=deltas,proto3" json:"deltas,omitempty"`

@@ -13,10 +13,13 @@ import (
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/histogram"
 )
 
-// Methods of added latency, as the agent names them in AddedLatency.method.
+// Methods of added latency, as the agent names them in AddedLatency.method: A/B, and the
+// eBPF time in the proxy, per request for HTTP/1.1 (residency) or per forwarded burst for
+// multiplexed protocols (queueing).
 const (
 	MethodAB        = "ab"
 	MethodResidency = "ebpf-residency"
+	MethodQueueing  = "ebpf-queueing"
 )
 
 // Quantiles are the quantiles every view reports.
@@ -48,9 +51,11 @@ type Summary struct {
 	// AB is the added latency by A/B per quantile, with bootstrap intervals; empty when
 	// A/B did not run.
 	AB []bootstrap.Delta
-	// Residency is the eBPF residency histogram (microseconds), empty when it did not run;
-	// ResidencyTiers names the tiers that measured it.
+	// Residency is the eBPF time-in-proxy histogram (microseconds), empty when it did not
+	// run; EBPFMethod says which eBPF method made it (MethodResidency, or MethodQueueing when
+	// no pod had residency) and ResidencyTiers the tiers that measured it.
 	Residency      *hdrhistogram.Histogram
+	EBPFMethod     string
 	ResidencyTiers []agentapi.EbpfTier
 	// Sidecar cost: CPU and working set under load and idle, averaged over the measured
 	// sidecars, and CPU per 1000 requests per second through the sidecar.
@@ -96,7 +101,9 @@ func (s *Summary) ResidencyAt(q float64) (time.Duration, bool) {
 // accumulator sums pods' figures into one Summary.
 type accumulator struct {
 	s                          Summary
-	through, around, residency []*hdrhistogram.Histogram
+	through, around            []*hdrhistogram.Histogram
+	ebpf                       map[string][]*hdrhistogram.Histogram // by method
+	ebpfTiers                  map[string][]agentapi.EbpfTier
 	cpuSeconds                 float64 // millicore-seconds under load, over pods with a rate
 	throughReqs                float64 // requests through the sidecar, over the same pods
 	cpuSum, idleSum            float64
@@ -125,16 +132,20 @@ func (a *accumulator) addPod(p *agentapi.PodResult) error {
 		a.around = append(a.around, h)
 	}
 	for _, al := range p.GetAdded() {
-		if al.GetMethod() != MethodResidency || al.GetHistogram() == nil {
+		m := al.GetMethod()
+		if (m != MethodResidency && m != MethodQueueing) || al.GetHistogram() == nil {
 			continue
 		}
 		h, err := histogram.FromProto(al.GetHistogram())
 		if err != nil {
-			return fmt.Errorf("pod %s/%s: residency %w", p.GetPod().GetNamespace(), p.GetPod().GetName(), err)
+			return fmt.Errorf("pod %s/%s: %s %w", p.GetPod().GetNamespace(), p.GetPod().GetName(), m, err)
 		}
-		a.residency = append(a.residency, h)
-		if !slices.Contains(a.s.ResidencyTiers, al.GetTier()) {
-			a.s.ResidencyTiers = append(a.s.ResidencyTiers, al.GetTier())
+		if a.ebpf == nil {
+			a.ebpf, a.ebpfTiers = map[string][]*hdrhistogram.Histogram{}, map[string][]agentapi.EbpfTier{}
+		}
+		a.ebpf[m] = append(a.ebpf[m], h)
+		if !slices.Contains(a.ebpfTiers[m], al.GetTier()) {
+			a.ebpfTiers[m] = append(a.ebpfTiers[m], al.GetTier())
 		}
 	}
 	if u := p.GetSidecarLoaded(); u != nil {
@@ -172,8 +183,13 @@ func (a *accumulator) finish() Summary {
 	if len(a.around) > 0 {
 		s.Around, _ = histogram.Merge(a.around...)
 	}
-	if len(a.residency) > 0 {
-		s.Residency, _ = histogram.Merge(a.residency...)
+	// Residency and queueing measure different things; they are not merged together.
+	for _, m := range []string{MethodResidency, MethodQueueing} {
+		if hs := a.ebpf[m]; len(hs) > 0 {
+			s.Residency, _ = histogram.Merge(hs...)
+			s.EBPFMethod, s.ResidencyTiers = m, a.ebpfTiers[m]
+			break
+		}
 	}
 	if s.Through != nil && s.Around != nil && s.Through.TotalCount() > 0 && s.Around.TotalCount() > 0 {
 		s.AB = abDeltas(s.Through, s.Around)

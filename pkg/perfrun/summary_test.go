@@ -106,3 +106,16 @@ func TestCompareJudgesChanges(t *testing.T) {
 		t.Errorf("nodes: %+v", nodesCmp)
 	}
 }
+
+func TestSummarizeFallsBackToQueueing(t *testing.T) {
+	r := perfruntest.Run(perfruntest.Options{Nodes: []string{"a"}, Added: 100 * time.Microsecond, Seed: 4})
+	for _, al := range r.GetNodes()[0].GetResult().GetPods()[0].GetAdded() {
+		if al.GetMethod() == perfrun.MethodResidency {
+			al.Method = perfrun.MethodQueueing
+		}
+	}
+	_, total := perfrun.Summarize(r)
+	if v, ok := total.ResidencyAt(0.5); !ok || total.EBPFMethod != perfrun.MethodQueueing || v < 100*time.Microsecond {
+		t.Fatalf("queueing: method %q, p50 %v (%v)", total.EBPFMethod, v, ok)
+	}
+}
