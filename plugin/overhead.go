@@ -272,20 +272,18 @@ func (o *OverheadOptions) Run(ctx context.Context) error {
 	return failedNodesError(report.Nodes)
 }
 
-// onlyNodes keeps the named nodes; a name without a node is an error, not an empty row.
+// onlyNodes keeps the named nodes, in discovery's order; a name without a node is an
+// error, not an empty row.
 func onlyNodes(targets []agents.Target, names []string) ([]agents.Target, error) {
 	if len(names) == 0 {
 		return targets, nil
 	}
-	var out []agents.Target
 	for _, n := range names {
-		i := slices.IndexFunc(targets, func(t agents.Target) bool { return t.Node == n })
-		if i < 0 {
+		if !slices.ContainsFunc(targets, func(t agents.Target) bool { return t.Node == n }) {
 			return nil, fmt.Errorf("node %q not found among the agent's nodes", n)
 		}
-		out = append(out, targets[i])
 	}
-	return out, nil
+	return slices.DeleteFunc(slices.Clone(targets), func(t agents.Target) bool { return !slices.Contains(names, t.Node) }), nil
 }
 
 func buildOverhead(results []agents.Result[*agentapi.SnapshotResponse], allowed map[string]bool) OverheadReport {

@@ -325,7 +325,7 @@ func (o *PerfListOptions) Run(ctx context.Context) error {
 			case e.Interrupted:
 				state = "interrupted"
 			case e.FailedNodes > 0:
-				state = fmt.Sprintf("%d nodes failed", e.FailedNodes)
+				state = plural(e.FailedNodes, "node") + " failed"
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", shortID(e.ID), e.Start.UTC().Format(time.RFC3339), e.Target, dash(e.Mesh), e.Nodes, state, e.Location)
 		}

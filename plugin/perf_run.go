@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -346,12 +347,14 @@ func (o *PerfRunOptions) runOnNodes(ctx context.Context, c *cluster, run *perfru
 	defer cancel()
 	stopping := make(chan struct{})
 	done := make(chan struct{})
-	var interrupted bool
+	var interrupted atomic.Bool
+	prog := newProgress(o.ErrOut, targets, run.GetLoad().GetDuration().AsDuration()*time.Duration(maxPods), o.progressTTY)
+	defer prog.close()
 	go func() {
 		select {
 		case <-ctx.Done():
-			interrupted = true
-			fmt.Fprintf(o.ErrOut, "\nInterrupted: stopping the load on every node and collecting what was measured…\n")
+			interrupted.Store(true)
+			prog.note("Interrupted: stopping the load on every node and collecting what was measured…\n")
 			close(stopping)
 			select {
 			case <-time.After(stopGrace):
@@ -362,8 +365,6 @@ func (o *PerfRunOptions) runOnNodes(ctx context.Context, c *cluster, run *perfru
 		}
 	}()
 
-	prog := newProgress(o.ErrOut, targets, run.GetLoad().GetDuration().AsDuration()*time.Duration(maxPods), o.progressTTY)
-	defer prog.close()
 	dial, err := o.reach.newDial(c)
 	if err != nil {
 		close(done)
@@ -384,7 +385,7 @@ func (o *PerfRunOptions) runOnNodes(ctx context.Context, c *cluster, run *perfru
 		})
 	close(done)
 	prog.close()
-	return results, interrupted
+	return results, interrupted.Load()
 }
 
 // runNode runs one node's share and returns its result. A stream that breaks before the
@@ -410,7 +411,9 @@ func runNode(ctx context.Context, ac agentapi.AgentClient, req *agentapi.RunRequ
 	for {
 		ev, err := stream.Recv()
 		if err != nil {
-			if ctx.Err() != nil || status.Code(err) == codes.InvalidArgument || status.Code(err) == codes.Unimplemented {
+			// Only a broken stream leaves a result on the agent to fetch again; any other
+			// status is the agent's own answer, and final.
+			if ctx.Err() != nil || !streamBroke(err) {
 				return nil, err
 			}
 			res, ferr := fetchResult(ctx, ac, req.GetRunId())
@@ -441,6 +444,10 @@ func fetchResult(ctx context.Context, ac agentapi.AgentClient, id string) (*agen
 			return res, nil
 		}
 		last = err
+		if status.Code(err) == codes.NotFound {
+			// The agent has no such run: asking again will not change that.
+			return nil, last
+		}
 		select {
 		case <-ctx.Done():
 			return nil, last
@@ -554,6 +561,18 @@ func (p *progress) update(node string, pr *agentapi.Progress) {
 	fmt.Fprintf(p.w, "%s elapsed %s  %s\n", now.UTC().Format(time.TimeOnly), elapsed.Truncate(time.Second), strings.Join(parts, " | "))
 }
 
+// note prints a line between progress updates, on a line of its own even when the bar is
+// drawn, and under the same lock so the two never interleave.
+func (p *progress) note(format string, args ...any) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.drawn {
+		fmt.Fprintln(p.w)
+		p.drawn = false
+	}
+	fmt.Fprintf(p.w, format, args...)
+}
+
 func (p *progress) close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -569,4 +588,15 @@ func bar(done, total time.Duration, width int) string {
 		n = int(float64(width) * float64(done) / float64(total))
 	}
 	return "[" + strings.Repeat("=", n) + strings.Repeat(" ", width-n) + "]"
+}
+
+// streamBroke says whether a Run stream ended without the agent's answer: the connection
+// (port-forward) dropped, which gRPC reports as Unavailable (or Internal for a reset
+// HTTP/2 stream), rather than the agent refusing or failing the run.
+func streamBroke(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.Internal:
+		return true
+	}
+	return false
 }

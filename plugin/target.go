@@ -123,11 +123,19 @@ func checkPods(t *perfrun.Target, pods []corev1.Pod, svc *corev1.Service, port s
 	var problems []string
 	for i := range pods {
 		p := &pods[i]
-		if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning || p.Spec.NodeName == "" {
+		if p.DeletionTimestamp != nil {
+			problems = append(problems, fmt.Sprintf("pod %s is terminating", p.Name))
+			continue
+		}
+		if p.Status.Phase != corev1.PodRunning || p.Spec.NodeName == "" {
 			problems = append(problems, fmt.Sprintf("pod %s is %s, not running", p.Name, strings.ToLower(string(p.Status.Phase))))
 			continue
 		}
 		rec, err := discovery.Recognize(p, nil)
+		if errors.Is(err, discovery.ErrNoSidecar) {
+			problems = append(problems, fmt.Sprintf("pod %s is not meshed (%v)", p.Name, err))
+			continue
+		}
 		if err != nil {
 			problems = append(problems, fmt.Sprintf("pod %s: %v", p.Name, err))
 			continue

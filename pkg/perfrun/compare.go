@@ -88,10 +88,7 @@ func find(ss []Summary, node string) (Summary, bool) {
 }
 
 func changes(a, b Summary) []Change {
-	var out []Change
-	for _, q := range Quantiles {
-		out = append(out, histogramChange(fmt.Sprintf("latency_p%g", q*100), a.Through, b.Through, q))
-	}
+	out := histogramChanges("latency", a.Through, b.Through)
 	for _, q := range Quantiles {
 		c := Change{Metric: fmt.Sprintf("added_p%g", q*100), Unit: "ns", Verdict: NotMeasured}
 		da, oka := a.ABDelta(q)
@@ -106,9 +103,7 @@ func changes(a, b Summary) []Change {
 		}
 		out = append(out, c)
 	}
-	for _, q := range Quantiles {
-		out = append(out, histogramChange(fmt.Sprintf("residency_p%g", q*100), a.Residency, b.Residency, q))
-	}
+	out = append(out, histogramChanges("residency", a.Residency, b.Residency)...)
 	plain := func(metric, unit string, va, vb float64, measured bool) Change {
 		c := Change{Metric: metric, Unit: unit, Verdict: NotMeasured}
 		if measured {
@@ -124,17 +119,23 @@ func changes(a, b Summary) []Change {
 	return out
 }
 
-// histogramChange judges B − A at quantile q by a bootstrap interval over both histograms.
-func histogramChange(metric string, a, b *hdrhistogram.Histogram, q float64) Change {
-	c := Change{Metric: metric, Unit: "ns", Verdict: NotMeasured}
+// histogramChanges judges B − A at each quantile by bootstrap intervals over both
+// histograms, all quantiles from one set of resamples.
+func histogramChanges(metric string, a, b *hdrhistogram.Histogram) []Change {
+	out := make([]Change, len(Quantiles))
+	for i, q := range Quantiles {
+		out[i] = Change{Metric: fmt.Sprintf("%s_p%g", metric, q*100), Unit: "ns", Verdict: NotMeasured}
+	}
 	if a == nil || b == nil || a.TotalCount() == 0 || b.TotalCount() == 0 {
-		return c
+		return out
 	}
-	d := bootstrap.Deltas(expand(b), expand(a), []float64{q}, Resamples, Confidence, rand.New(rand.NewPCG(3, 4)))[0]
-	c.A, c.B, c.Delta = float64(d.Around), float64(d.Through), float64(d.Value)
-	c.Verdict = NotSignificant
-	if d.CILow > 0 || d.CIHigh < 0 {
-		c.Verdict = Significant
+	for i, d := range bootstrap.Deltas(expand(b), expand(a), Quantiles, Resamples, Confidence, rand.New(rand.NewPCG(3, 4))) {
+		c := &out[i]
+		c.A, c.B, c.Delta = float64(d.Around), float64(d.Through), float64(d.Value)
+		c.Verdict = NotSignificant
+		if d.CILow > 0 || d.CIHigh < 0 {
+			c.Verdict = Significant
+		}
 	}
-	return c
+	return out
 }

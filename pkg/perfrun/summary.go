@@ -32,7 +32,7 @@ const (
 	Confidence = 0.95
 	// maxBootstrapValues caps the values expanded from a histogram per path; a larger
 	// histogram is thinned in proportion, which only widens the interval.
-	maxBootstrapValues = 200_000
+	maxBootstrapValues = 50_000
 )
 
 // Summary is a node's figures, or the whole run's when Node is empty.

@@ -184,7 +184,7 @@ func TestMeshStatusOverheadAndPerf(t *testing.T) {
 			{[]string{"perf", "run", "deploy/nope", "-n", ns}, `deployment "nope" not found`},
 			{[]string{"perf", "run", "-l", "app=nothing", "-n", ns}, "matches no pods"},
 			{[]string{"perf", "run", target, "-n", ns, "--port", "9999"}, "port 9999 is not exposed"},
-			{[]string{"perf", "run", "deploy/istiod", "-n", meshpods.IstioNamespace, "--port", "15010"}, "has no mesh sidecar"},
+			{[]string{"perf", "run", "deploy/istiod", "-n", meshpods.IstioNamespace, "--port", "15010"}, "is not meshed"},
 			{[]string{"perf", "run", target, "-n", ns, "--rate", "1e9"}, "rate"},
 			{[]string{"perf", "run", target, "-n", ns, "--duration", "3h"}, "duration"},
 			{[]string{"perf", "run", target, "-n", ns, "--protocol", "quic"}, "invalid --protocol"},
