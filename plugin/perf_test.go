@@ -74,7 +74,7 @@ func TestPerfList(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	want := []string{
 		"ID|STARTED|TARGET|MESH|NODES|STATE|WHERE",
-		"9c41b7e2|2026-11-21T09:00:00Z|deploy/web -n demo port 8080|istio 1.24.0|3|1 nodes failed|" + filepath.Join(dir, runBID+".json"),
+		"9c41b7e2|2026-11-21T09:00:00Z|deploy/web -n demo port 8080|istio 1.24.0|3|1 node failed|" + filepath.Join(dir, runBID+".json"),
 		"00000000|2026-11-21T08:00:00Z|deploy/web -n demo port 8080|istio 1.24.0|2|complete|" + filepath.Join(dir, runAID+".json"),
 	}
 	if len(lines) != len(want) {
