@@ -5,7 +5,6 @@ package bootstrap
 import (
 	"math"
 	"math/rand/v2"
-	"sort"
 	"time"
 )
 
@@ -17,11 +16,7 @@ import (
 // often each index is picked; the resample's order statistics then come from one cumulative
 // pass over those counts, which costs O(n) per resample instead of a sort.
 func Deltas(through, around []int64, qs []float64, resamples int, confidence float64, rng *rand.Rand) []Delta {
-	order := make([]int, len(qs))
-	for i := range order {
-		order[i] = i
-	}
-	sort.Slice(order, func(i, j int) bool { return qs[order[i]] < qs[order[j]] })
+	order := ascending(qs)
 
 	deltas := make([][]int64, len(qs))
 	for i := range deltas {
@@ -39,21 +34,15 @@ func Deltas(through, around []int64, qs []float64, resamples int, confidence flo
 		}
 	}
 
-	alpha := 1 - confidence
 	out := make([]Delta, len(qs))
 	for i, q := range qs {
-		d := deltas[i]
-		sort.Slice(d, func(a, b int) bool { return d[a] < d[b] })
-		lo := int(math.Floor(alpha / 2 * float64(resamples)))
-		hi := int(math.Ceil((1-alpha/2)*float64(resamples))) - 1
-		lo = min(max(lo, 0), resamples-1)
-		hi = min(max(hi, lo), resamples-1)
+		lo, hi := percentileInterval(deltas[i], confidence)
 		t, a := QuantileOfSorted(through, q), QuantileOfSorted(around, q)
 		out[i] = Delta{
 			Quantile: q,
 			Value:    time.Duration(t - a),
-			CILow:    time.Duration(d[lo]),
-			CIHigh:   time.Duration(d[hi]),
+			CILow:    time.Duration(lo),
+			CIHigh:   time.Duration(hi),
 			Through:  time.Duration(t),
 			Around:   time.Duration(a),
 		}

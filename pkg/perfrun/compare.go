@@ -129,7 +129,7 @@ func histogramChanges(metric string, a, b *hdrhistogram.Histogram) []Change {
 	if a == nil || b == nil || a.TotalCount() == 0 || b.TotalCount() == 0 {
 		return out
 	}
-	for i, d := range bootstrap.Deltas(expand(b), expand(a), Quantiles, Resamples, Confidence, rand.New(rand.NewPCG(3, 4))) {
+	for i, d := range bootstrap.BinnedDeltas(bins(b), bins(a), Quantiles, Resamples, Confidence, rand.New(rand.NewPCG(3, 4))) {
 		c := &out[i]
 		c.A, c.B, c.Delta = float64(d.Around), float64(d.Through), float64(d.Value)
 		c.Verdict = NotSignificant

@@ -30,9 +30,6 @@ var Quantiles = []float64{0.5, 0.9, 0.99}
 const (
 	Resamples  = 1000
 	Confidence = 0.95
-	// maxBootstrapValues caps the values expanded from a histogram per path; a larger
-	// histogram is thinned in proportion, which only widens the interval.
-	maxBootstrapValues = 50_000
 )
 
 // Summary is a node's figures, or the whole run's when Node is empty.
@@ -100,15 +97,15 @@ func (s *Summary) ResidencyAt(q float64) (time.Duration, bool) {
 
 // accumulator sums pods' figures into one Summary.
 type accumulator struct {
-	s                          Summary
-	through, around            []*hdrhistogram.Histogram
-	ebpf                       map[string][]*hdrhistogram.Histogram // by method
-	ebpfTiers                  map[string][]agentapi.EbpfTier
-	cpuSeconds                 float64 // millicore-seconds under load, over pods with a rate
-	throughReqs                float64 // requests through the sidecar, over the same pods
-	cpuSum, idleSum            float64
-	memSum                     uint64
-	cpuN, idleN                int
+	s               Summary
+	through, around []*hdrhistogram.Histogram
+	ebpf            map[string][]*hdrhistogram.Histogram // by method
+	ebpfTiers       map[string][]agentapi.EbpfTier
+	cpuSeconds      float64 // millicore-seconds under load, over pods with a rate
+	throughReqs     float64 // requests through the sidecar, over the same pods
+	cpuSum, idleSum float64
+	memSum          uint64
+	cpuN, idleN     int
 }
 
 func (a *accumulator) addPod(p *agentapi.PodResult) error {
@@ -252,29 +249,18 @@ func Summarize(r *Run) (nodes []Summary, total Summary) {
 // run get intervals the way each pod got its own from the agent.
 func abDeltas(through, around *hdrhistogram.Histogram) []bootstrap.Delta {
 	rng := rand.New(rand.NewPCG(1, 2))
-	return bootstrap.Deltas(expand(through), expand(around), Quantiles, Resamples, Confidence, rng)
+	return bootstrap.BinnedDeltas(bins(through), bins(around), Quantiles, Resamples, Confidence, rng)
 }
 
-// expand lists a histogram's values in nanoseconds, ascending.
-func expand(h *hdrhistogram.Histogram) []int64 {
-	total := h.TotalCount()
-	keep := 1.0
-	if total > maxBootstrapValues {
-		keep = float64(maxBootstrapValues) / float64(total)
-	}
-	out := make([]int64, 0, min(total, maxBootstrapValues))
-	var carry float64
+// bins lists a histogram's non-empty buckets in nanoseconds, ascending. Resampling the
+// buckets rather than the values they count keeps the cost independent of how many requests
+// were recorded, so every recorded value counts.
+func bins(h *hdrhistogram.Histogram) []bootstrap.Bin {
+	var out []bootstrap.Bin
 	for _, b := range h.Distribution() {
-		if b.Count == 0 {
-			continue
-		}
-		carry += float64(b.Count) * keep
-		n := int64(carry)
-		carry -= float64(n)
-		// The bucket's top, the value its quantiles report.
-		v := b.To * int64(time.Microsecond)
-		for range n {
-			out = append(out, v)
+		if b.Count > 0 {
+			// The bucket's top, the value its quantiles report.
+			out = append(out, bootstrap.Bin{Value: b.To * int64(time.Microsecond), Count: b.Count})
 		}
 	}
 	return out
