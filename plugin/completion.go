@@ -3,11 +3,14 @@ package main
 import (
 	"maps"
 	"slices"
+	"time"
 
 	"github.com/spf13/cobra"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/kubectl-mesh/kubectl-mesh/pkg/runstore"
 )
 
 // Shell completion: cobra adds `completion bash|zsh|fish|powershell` for the standalone
@@ -68,5 +71,26 @@ func registerConnectionCompletions(cmd *cobra.Command, flags *genericclioptions.
 	}
 	for _, key := range []string{"context", "cluster", "user"} {
 		_ = cmd.RegisterFlagCompletionFunc(key, kubeconfigNames(key))
+	}
+}
+
+// runIDCompletion completes stored run ids from this machine's store, newest first, each
+// with its target as the description; max is how many run arguments the command takes.
+func runIDCompletion(max int) cobra.CompletionFunc {
+	return func(c *cobra.Command, args []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		if len(args) >= max {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		dir, err := runstore.DefaultDir()
+		if err != nil {
+			return nil, cobra.ShellCompDirectiveDefault
+		}
+		entries, _ := runstore.Local(dir).List(c.Context())
+		out := []cobra.Completion{cobra.CompletionWithDesc(latestRun, "the newest run")}
+		for _, e := range entries {
+			out = append(out, cobra.CompletionWithDesc(shortID(e.ID), e.Start.UTC().Format(time.RFC3339)+" "+e.Target))
+		}
+		// Files are runs too.
+		return out, cobra.ShellCompDirectiveDefault | cobra.ShellCompDirectiveKeepOrder
 	}
 }

@@ -359,8 +359,9 @@ func newCmdPerfShow(flags *genericclioptions.ConfigFlags, streams genericiooptio
 		Short: "Print a stored run (ID may be a unique prefix; FILE a run saved by perf export --format json)",
 		Example: fmt.Sprintf(`  %[1]s perf show 3f2a
   %[1]s perf show latest -o smp-yaml`, displayName),
-		Args: exactArgs(1, "a run id or file"),
-		RunE: runE(o),
+		Args:              exactArgs(1, "a run id or file"),
+		ValidArgsFunction: runIDCompletion(1),
+		RunE:              runE(o),
 	}
 	o.addFlags(cmd)
 	addOutputFlag(cmd, &o.Output, runOutputs, "Output format (default: a table).")
@@ -405,8 +406,9 @@ func newCmdPerfExport(flags *genericclioptions.ConfigFlags, streams genericioopt
 		Short: "Write a stored run as SMP documents, the run's JSON, or a self-contained HTML report",
 		Example: fmt.Sprintf(`  %[1]s perf export 3f2a --format html > report.html
   %[1]s perf export 3f2a --format smp-json > smp.json`, displayName),
-		Args: exactArgs(1, "a run id or file"),
-		RunE: runE(o),
+		Args:              exactArgs(1, "a run id or file"),
+		ValidArgsFunction: runIDCompletion(1),
+		RunE:              runE(o),
 	}
 	o.addFlags(cmd)
 	cmd.Flags().StringVar(&o.Format, "format", o.Format, "one of "+strings.Join(exportFormats, ", "))

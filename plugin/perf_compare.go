@@ -36,8 +36,9 @@ intervals. Sidecar CPU and memory are measured once per pod and carry no interva
 are shown, not judged.`,
 		Example: fmt.Sprintf(`  # Before and after a mesh upgrade
   %[1]s perf compare 3f2a 9c41`, displayName),
-		Args: exactArgs(2, "two run ids or files"),
-		RunE: runE(o),
+		Args:              exactArgs(2, "two run ids or files"),
+		ValidArgsFunction: runIDCompletion(2),
+		RunE:              runE(o),
 	}
 	o.addFlags(cmd)
 	addOutputFlag(cmd, &o.Output, []string{outputJSON, outputYAML}, "Output format.")
