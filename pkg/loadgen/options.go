@@ -4,6 +4,9 @@
 // Open-loop latency runs from each request's intended send time, so a stalled server shows
 // in the tail instead of silently slowing the generator down (coordinated omission); the
 // service time, from the actual send, is kept beside it.
+//
+// Closed-loop HTTP/1.1, the maximum-rate path, runs on epoll event loops over raw sockets,
+// as wrk does; every other mode runs a goroutine per connection.
 package loadgen
 
 import (

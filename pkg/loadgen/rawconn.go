@@ -1,7 +1,6 @@
 package loadgen
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -9,7 +8,6 @@ import (
 	"io"
 	"net"
 	"sort"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -137,8 +135,8 @@ type h1Client struct {
 	rawConn
 	req  []byte
 	head bool
-	br   *bufio.Reader
-	brOn net.Conn // the connection br reads from
+	buf  []byte
+	p    respParser
 }
 
 func newH1Client(o *Options) *h1Client {
@@ -146,7 +144,7 @@ func newH1Client(o *Options) *h1Client {
 		rawConn: rawConn{dial: o.Dial, target: o.Target, timeout: o.Timeout},
 		req:     serializeRequest(o),
 		head:    o.Method == "HEAD",
-		br:      bufio.NewReaderSize(nil, 16<<10),
+		buf:     make([]byte, 16<<10),
 	}
 }
 
@@ -200,155 +198,47 @@ func (h *h1Client) exchange(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if c != h.brOn {
-		h.br.Reset(c)
-		h.brOn = c
-	}
 	h.deadline(c)
 	if _, err := c.Write(h.req); err != nil {
 		h.drop()
 		return &reqError{kind: ErrIO, err: err, retry: !fresh && staleConn(err)}
 	}
-	code, keep, err := readResponse(h.br, h.head)
-	if err != nil {
-		h.drop()
-		var re *reqError
-		if errors.As(err, &re) && re.first && !fresh && staleConn(re.err) {
-			re.retry = true
+	h.p.reset(h.head)
+	for !h.p.done() {
+		n, rerr := c.Read(h.buf)
+		if n > 0 {
+			used, err := h.p.feed(h.buf[:n])
+			if err == nil && h.p.done() && used < n {
+				err = kindErr(ErrProtocol, errTrailingBytes)
+			}
+			if err != nil {
+				h.drop()
+				return err
+			}
 		}
-		return err
+		if rerr == io.EOF {
+			rerr = h.p.eof()
+		}
+		if rerr != nil {
+			h.drop()
+			var re *reqError
+			if !errors.As(rerr, &re) {
+				re = &reqError{kind: ErrIO, err: rerr, first: !h.p.got}
+			}
+			re.retry = re.first && !fresh && staleConn(re.err)
+			return re
+		}
 	}
-	if !keep {
+	if !h.p.keep {
 		h.drop()
 	}
-	if code >= 400 {
-		return kindErr(ErrStatus, fmt.Errorf("HTTP %d", code))
-	}
-	return nil
+	return statusErr(h.p.code)
 }
 
 // staleConn says whether an error is what a peer's earlier close of an idle connection
 // looks like.
 func staleConn(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
-}
-
-var errMalformed = errors.New("malformed HTTP response")
-
-// readResponse reads one response, discarding its body, and says whether the connection
-// may carry another request.
-func readResponse(br *bufio.Reader, head bool) (code int, keep bool, err error) {
-	for interim := false; ; interim = true {
-		line, err := br.ReadSlice('\n')
-		if err != nil {
-			// first: nothing of the response arrived, so the request may not have either.
-			return 0, false, &reqError{kind: ErrIO, err: err, first: len(line) == 0 && !interim}
-		}
-		if len(line) < 12 || string(line[:7]) != "HTTP/1." {
-			return 0, false, kindErr(ErrProtocol, fmt.Errorf("%w: status line %q", errMalformed, trimEOL(line)))
-		}
-		keep = line[7] == '1'
-		code = 0
-		for _, d := range line[9:12] {
-			if d < '0' || d > '9' {
-				return 0, false, kindErr(ErrProtocol, fmt.Errorf("%w: status line %q", errMalformed, trimEOL(line)))
-			}
-			code = code*10 + int(d-'0')
-		}
-		length := int64(-1)
-		chunked := false
-		for {
-			line, err := br.ReadSlice('\n')
-			if err != nil {
-				if err == bufio.ErrBufferFull {
-					return 0, false, kindErr(ErrProtocol, fmt.Errorf("%w: header line too long", errMalformed))
-				}
-				return 0, false, kindErr(ErrIO, err)
-			}
-			line = trimEOL(line)
-			if len(line) == 0 {
-				break
-			}
-			colon := bytes.IndexByte(line, ':')
-			if colon <= 0 {
-				return 0, false, kindErr(ErrProtocol, fmt.Errorf("%w: header %q", errMalformed, line))
-			}
-			name, value := line[:colon], bytes.TrimSpace(line[colon+1:])
-			switch {
-			case equalFoldBytes(name, "content-length"):
-				n, perr := strconv.ParseInt(string(value), 10, 64)
-				if perr != nil || n < 0 {
-					return 0, false, kindErr(ErrProtocol, fmt.Errorf("%w: Content-Length %q", errMalformed, value))
-				}
-				length = n
-			case equalFoldBytes(name, "transfer-encoding"):
-				chunked = containsFold(value, "chunked")
-			case equalFoldBytes(name, "connection"):
-				if containsFold(value, "close") {
-					keep = false
-				} else if containsFold(value, "keep-alive") {
-					keep = true
-				}
-			}
-		}
-		if code >= 100 && code < 200 && code != 101 {
-			continue // interim response; the real one follows
-		}
-		switch {
-		case head || code == 204 || code == 304 || code == 101:
-		case chunked:
-			if err := discardChunked(br); err != nil {
-				return 0, false, err
-			}
-		case length >= 0:
-			if _, err := br.Discard(int(length)); err != nil {
-				return 0, false, kindErr(ErrIO, err)
-			}
-		default:
-			// Delimited by close: the connection is spent.
-			if _, err := io.Copy(io.Discard, br); err != nil {
-				return 0, false, kindErr(ErrIO, err)
-			}
-			keep = false
-		}
-		return code, keep, nil
-	}
-}
-
-func discardChunked(br *bufio.Reader) error {
-	for {
-		line, err := br.ReadSlice('\n')
-		if err != nil {
-			return kindErr(ErrIO, err)
-		}
-		line = trimEOL(line)
-		if i := bytes.IndexByte(line, ';'); i >= 0 {
-			line = line[:i]
-		}
-		size, perr := strconv.ParseInt(string(bytes.TrimSpace(line)), 16, 64)
-		if perr != nil || size < 0 {
-			return kindErr(ErrProtocol, fmt.Errorf("%w: chunk size %q", errMalformed, line))
-		}
-		if size == 0 {
-			for { // trailers, up to the empty line
-				line, err := br.ReadSlice('\n')
-				if err != nil {
-					return kindErr(ErrIO, err)
-				}
-				if len(trimEOL(line)) == 0 {
-					return nil
-				}
-			}
-		}
-		if _, err := br.Discard(int(size)); err != nil {
-			return kindErr(ErrIO, err)
-		}
-		if line, err := br.ReadSlice('\n'); err != nil {
-			return kindErr(ErrIO, err)
-		} else if len(trimEOL(line)) != 0 {
-			return kindErr(ErrProtocol, fmt.Errorf("%w: chunk not followed by CRLF", errMalformed))
-		}
-	}
 }
 
 func trimEOL(b []byte) []byte {

@@ -141,6 +141,10 @@ func (w *worker) finish(err error, intended, sent, done, warmup int64) {
 	w.sh.mu.Unlock()
 }
 
+// h1EventLoops lets closed-loop HTTP/1.1 run on event loops (h1loop_linux.go); tests turn
+// it off to check the goroutine-per-connection path against them.
+var h1EventLoops = true
+
 // ErrConnectFailed is returned by Run when a connection cannot be opened before the load
 // starts (refused, unreachable, no gRPC server), so no figure is measured against a target
 // that is not there.
@@ -211,9 +215,21 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	defer cancel()
 	var stopped atomic.Bool
 	var stopAt atomic.Int64
-	start := time.Now()
+	var start time.Time
 	now := func() int64 { return int64(time.Since(start)) }
 	warmupNs, endNs := int64(o.Warmup), int64(o.Duration)
+	var loops *h1Loops
+	if o.Rate == 0 && o.Protocol == HTTP1 && h1EventLoops {
+		l, err := newH1Loops(runCtx, &o, workers, shards, now, warmupNs, endNs, &stopped)
+		if err != nil {
+			return nil, fmt.Errorf("HTTP/1.1 event loop: %w", err)
+		}
+		if l != nil {
+			loops = l
+			defer loops.close()
+		}
+	}
+	start = time.Now()
 
 	// On cancellation, break every request in flight so Run returns at once.
 	watchDone := make(chan struct{})
@@ -226,6 +242,9 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		}
 		for _, w := range workers {
 			w.cl.abort()
+		}
+		if loops != nil {
+			loops.wake()
 		}
 	}()
 
@@ -281,6 +300,8 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		}
 		missed = schedule(runCtx, o.Rate, start, now, warmupNs, endNs, jobs)
 		close(jobs)
+	} else if loops != nil {
+		loops.run()
 	} else {
 		for _, w := range workers {
 			wg.Add(1)

@@ -2,10 +2,14 @@
 // maximum requests per second closed loop, and the achieved-rate error of a fixed-rate open
 // loop. It prints a table and asserts nothing; the figures go in the issue's closing note.
 //
+// On a shared machine one run of each says little, so the max-rate runs are repeated in
+// rounds, the tools taking turns to go first, and it prints per tool the median rate, the
+// best round and the median CPU time spent per request, with loadgen's ratio to the others.
+//
 // It starts Debian's nginx from a config written to a temporary directory, on a free port,
 // and stops it by PID at the end. fortio (v1.66.5) and wrk are looked up in -bin, then PATH.
 //
-//	go run ./test/loadbench -duration 10s -connections 16 -rate 5000
+//	go run ./test/loadbench -duration 5s -connections 16 -rate 5000 -rounds 7 -open-rounds 3
 package main
 
 import (
@@ -34,14 +38,16 @@ import (
 )
 
 func main() {
-	duration := flag.Duration("duration", 10*time.Second, "length of every run")
+	duration := flag.Duration("duration", 5*time.Second, "length of every run")
 	conns := flag.Int("connections", 16, "connections for every tool")
 	rate := flag.Float64("rate", 5000, "open-loop rate for the achieved-rate comparison")
-	rounds := flag.Int("rounds", 1, "repeat the max-rate runs, interleaved, and keep the median (0: open loop only)")
+	rounds := flag.Int("rounds", 7, "repeat the max-rate runs, interleaved, and keep the medians (0: none)")
+	only := flag.String("tools", "loadgen,fortio,wrk", "the max-rate tools to run, loadgen first")
+	openRounds := flag.Int("open-rounds", 3, "repeat the open-loop runs and keep the median error (0: none)")
 	bin := flag.String("bin", defaultBin(), "directory holding fortio (and wrk) before PATH")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of loadgen's first max-rate run (of its open loop with -rounds 0) here")
 	flag.Parse()
-	if err := run(*duration, *conns, *rate, *rounds, *bin, *cpuprofile); err != nil {
+	if err := run(*duration, *conns, *rate, *rounds, *openRounds, strings.Split(*only, ","), *bin, *cpuprofile); err != nil {
 		fmt.Fprintln(os.Stderr, "loadbench:", err)
 		os.Exit(1)
 	}
@@ -79,10 +85,11 @@ type row struct {
 	p50, p99         time.Duration
 	errors, requests uint64
 	cpu              time.Duration // the generator's own CPU time (user + system)
+	server           time.Duration // nginx's workers' CPU time meanwhile
 	note             string
 }
 
-func run(duration time.Duration, conns int, rate float64, rounds int, bin, cpuprofile string) error {
+func run(duration time.Duration, conns int, rate float64, rounds, openRounds int, only []string, bin, cpuprofile string) error {
 	fortio, err := lookTool(bin, "fortio")
 	if err != nil {
 		return fmt.Errorf("fortio not found (GOBIN=<repo>/.cache/bin go install fortio.org/fortio@v1.66.5): %w", err)
@@ -91,7 +98,7 @@ func run(duration time.Duration, conns int, rate float64, rounds int, bin, cpupr
 	if err != nil {
 		return fmt.Errorf("wrk not found (apt-get install -y wrk): %w", err)
 	}
-	addr, stop, err := startNginx()
+	addr, nginxPID, stop, err := startNginx()
 	if err != nil {
 		return err
 	}
@@ -107,91 +114,221 @@ func run(duration time.Duration, conns int, rate float64, rounds int, bin, cpupr
 		defer prof.Close()
 	}
 
-	var ours, fort, wr []row
+	// Each round runs the three tools back to back, starting with a different one each
+	// round, so a burst of load from elsewhere on the machine lands on all of them alike;
+	// medians then drop the rounds it spoiled.
+	type tool struct {
+		name string
+		run  func() (row, error)
+		rows []row
+	}
+	tools := []*tool{
+		{name: "loadgen", run: func() (row, error) {
+			if prof != nil {
+				if err := pprof.StartCPUProfile(prof); err != nil {
+					return row{}, err
+				}
+				defer func() {
+					pprof.StopCPUProfile()
+					prof = nil // one profile is enough
+				}()
+			}
+			return runLoadgen(addr, 0, conns, duration)
+		}},
+		{name: "fortio", run: func() (row, error) { return runFortio(fortio, url, 0, conns, duration) }},
+		{name: "wrk", run: func() (row, error) { return runWrk(wrk, url, conns, duration) }},
+	}
+	tools = slices.DeleteFunc(tools, func(t *tool) bool { return !slices.Contains(only, t.name) })
+	if len(tools) == 0 || tools[0].name != "loadgen" {
+		return fmt.Errorf("-tools %s: want loadgen and any of fortio, wrk", strings.Join(only, ","))
+	}
+	var order []row
 	for r := 0; r < rounds; r++ {
-		if prof != nil {
+		for i := range tools {
+			t := tools[(r+i)%len(tools)]
+			fmt.Fprintf(os.Stderr, "round %d/%d: %s\n", r+1, rounds, t.name)
+			before := nginxCPU(nginxPID)
+			x, err := t.run()
+			if err != nil {
+				return fmt.Errorf("%s: %w", t.name, err)
+			}
+			serverDelta(&x, before, nginxCPU(nginxPID))
+			x.note = strings.TrimSpace(fmt.Sprintf("round %d %s", r+1, x.note))
+			t.rows = append(t.rows, x)
+			order = append(order, x)
+		}
+	}
+	var ols, fls []row
+	for r := 0; r < openRounds; r++ {
+		fmt.Fprintf(os.Stderr, "open loop round %d/%d\n", r+1, openRounds)
+		if prof != nil && rounds == 0 { // no max-rate run: profile the open loop instead
 			if err := pprof.StartCPUProfile(prof); err != nil {
 				return err
 			}
 		}
-		o, err := runLoadgen(addr, 0, conns, duration)
-		if prof != nil {
+		before := nginxCPU(nginxPID)
+		ol, err := runLoadgen(addr, rate, conns, duration)
+		if prof != nil && rounds == 0 {
 			pprof.StopCPUProfile()
-			prof = nil // one profile is enough
+			prof = nil
 		}
 		if err != nil {
-			return fmt.Errorf("loadgen: %w", err)
+			return fmt.Errorf("loadgen open loop: %w", err)
 		}
-		ours = append(ours, o)
-		f, err := runFortio(fortio, url, 0, conns, duration)
+		serverDelta(&ol, before, nginxCPU(nginxPID))
+		before = nginxCPU(nginxPID)
+		fl, err := runFortio(fortio, url, rate, conns, duration)
 		if err != nil {
-			return fmt.Errorf("fortio: %w", err)
+			return fmt.Errorf("fortio -qps: %w", err)
 		}
-		fort = append(fort, f)
-		w, err := runWrk(wrk, url, conns, duration)
-		if err != nil {
-			return fmt.Errorf("wrk: %w", err)
-		}
-		wr = append(wr, w)
-	}
-	if prof != nil { // -rounds 0: profile the open loop instead
-		if err := pprof.StartCPUProfile(prof); err != nil {
-			return err
-		}
-	}
-	ol, err := runLoadgen(addr, rate, conns, duration)
-	if prof != nil {
-		pprof.StopCPUProfile()
-	}
-	if err != nil {
-		return fmt.Errorf("loadgen open loop: %w", err)
-	}
-	fl, err := runFortio(fortio, url, rate, conns, duration)
-	if err != nil {
-		return fmt.Errorf("fortio -qps: %w", err)
+		serverDelta(&fl, before, nginxCPU(nginxPID))
+		ols, fls = append(ols, ol), append(fls, fl)
 	}
 
 	tw := tabwriter.NewWriter(os.Stdout, 2, 8, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "tool\tmode\tasked/s\tachieved/s\trate error\tp50\tp99\trequests\terrors\tCPU µs/req\t  note")
+	fmt.Fprintln(tw, "tool\tmode\tasked/s\tachieved/s\trate error\tp50\tp99\trequests\terrors\tCPU µs/req\tnginx µs/req\t  note")
 	print := func(r row) {
 		asked, rerr := "max", "-"
 		if r.asked > 0 {
 			asked = fmt.Sprintf("%.0f", r.asked)
-			rerr = fmt.Sprintf("%.3f%%", 100*math.Abs(r.achieved-r.asked)/r.asked)
+			rerr = fmt.Sprintf("%.3f%%", 100*rateErr(r))
 		}
-		perReq := 0.0
-		if r.requests > 0 {
-			perReq = float64(r.cpu.Microseconds()) / float64(r.requests)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%s\t%v\t%v\t%d\t%d\t%.1f\t  %s\n", r.tool, r.mode, asked, r.achieved, rerr, r.p50, r.p99, r.requests, r.errors, perReq, r.note)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%s\t%v\t%v\t%d\t%d\t%.1f\t%.1f\t  %s\n", r.tool, r.mode, asked, r.achieved, rerr, r.p50, r.p99, r.requests, r.errors, cpuPerReq(r), serverPerReq(r), r.note)
 	}
-	for i := range ours {
-		print(ours[i])
-		print(fort[i])
-		print(wr[i])
+	for _, r := range order {
+		print(r)
 	}
-	print(ol)
-	print(fl)
+	for i := range ols {
+		print(ols[i])
+		print(fls[i])
+	}
 	tw.Flush()
 	fmt.Printf("\nload average at the end: %s (figures from a shared machine move with it)\n", loadavg())
 
 	if rounds > 0 {
-		mo, mf, mw := median(ours), median(fort), median(wr)
-		fmt.Printf("\nmax rate (median of %d): loadgen %.0f/s = %.2f× fortio (%.0f/s, target ≥ 1.0) and %.2f× wrk (%.0f/s, target ≥ 0.8)\n",
-			rounds, mo, mo/mf, mf, mo/mw, mw)
+		fmt.Printf("\nmax rate, median of %d interleaved rounds of %v, %d connections:\n", rounds, duration, conns)
+		// Load from elsewhere only ever lowers a rate, so the best round says what a tool can
+		// do and the median what it did; the CPU it spent per request moves least with load.
+		for _, t := range tools {
+			fmt.Printf("  %-8s %8.0f/s median, %8.0f/s best, %5.1f CPU µs/req (nginx %.1f)\n", t.name, median(t.rows, achieved), best(t.rows), median(t.rows, cpuPerReq), median(t.rows, serverPerReq))
+		}
+		ours := tools[0].rows
+		targets := map[string]float64{"fortio": 1.0, "wrk": 0.8}
+		for _, t := range tools[1:] {
+			c := struct {
+				t      *tool
+				target float64
+			}{t, targets[t.name]}
+			ratios := make([]float64, len(ours))
+			for i := range ours {
+				ratios[i] = ours[i].achieved / c.t.rows[i].achieved
+			}
+			slices.Sort(ratios)
+			fmt.Printf("  loadgen / %-6s %.2f× of medians (target ≥ %.1f), %.2f× of bests; per round %.2f× median, %.2f×–%.2f×; CPU per request %.2f×\n",
+				c.t.name, median(ours, achieved)/median(c.t.rows, achieved), c.target, best(ours)/best(c.t.rows),
+				ratios[len(ratios)/2], ratios[0], ratios[len(ratios)-1], median(ours, cpuPerReq)/median(c.t.rows, cpuPerReq))
+		}
 	}
-	fmt.Printf("open loop at %.0f/s: loadgen achieved-rate error %.3f%% (target ≤ 0.5%%), fortio %.3f%%\n",
-		rate, 100*math.Abs(ol.achieved-rate)/rate, 100*math.Abs(fl.achieved-rate)/rate)
+	if openRounds > 0 {
+		fmt.Printf("open loop at %.0f/s, median of %d: loadgen achieved-rate error %.3f%% (target ≤ 0.5%%), fortio %.3f%%\n",
+			rate, openRounds, 100*median(ols, rateErr), 100*median(fls, rateErr))
+	}
 	return nil
 }
 
-func median(rs []row) float64 {
+func median(rs []row, f func(row) float64) float64 {
 	v := make([]float64, len(rs))
 	for i, r := range rs {
-		v[i] = r.achieved
+		v[i] = f(r)
 	}
 	slices.Sort(v)
+	if len(v)%2 == 0 {
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
 	return v[len(v)/2]
+}
+
+func achieved(r row) float64 { return r.achieved }
+
+func best(rs []row) float64 {
+	b := 0.0
+	for _, r := range rs {
+		b = max(b, r.achieved)
+	}
+	return b
+}
+
+func rateErr(r row) float64 { return math.Abs(r.achieved-r.asked) / r.asked }
+
+func serverPerReq(r row) float64 {
+	if r.requests == 0 {
+		return 0
+	}
+	return float64(r.server.Microseconds()) / float64(r.requests)
+}
+
+// nginxCPU is the CPU time of each child of the nginx master, from /proc: the workers do
+// the serving, and the generator's own cost means little without theirs.
+func nginxCPU(master int) map[int]time.Duration {
+	out := map[int]time.Duration{}
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// Fields after the command name, which is in parentheses and may hold spaces.
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 13 || f[1] != strconv.Itoa(master) {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		s, _ := strconv.ParseInt(f[12], 10, 64)
+		out[pid] = time.Duration(u+s) * time.Second / clockTicks
+	}
+	return out
+}
+
+// serverDelta sets r.server to the workers' CPU time between two nginxCPU readings and
+// notes how it split between them: connections land on workers by a hash of their ports
+// (reuseport), and a tool whose connections mostly hit one worker is capped by it.
+func serverDelta(r *row, before, after map[int]time.Duration) {
+	var shares []time.Duration
+	r.server = 0
+	for pid, t := range after {
+		d := t - before[pid]
+		r.server += d
+		shares = append(shares, d)
+	}
+	if r.server <= 0 {
+		return
+	}
+	slices.Sort(shares)
+	slices.Reverse(shares)
+	parts := make([]string, len(shares))
+	for i, d := range shares {
+		parts[i] = strconv.Itoa(int(100 * d / r.server))
+	}
+	r.note = strings.TrimSpace(r.note + " nginx split " + strings.Join(parts, "/") + "%")
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat times: 100 on every Linux ABI Go
+// supports.
+const clockTicks = 100
+
+func cpuPerReq(r row) float64 {
+	if r.requests == 0 {
+		return 0
+	}
+	return float64(r.cpu.Microseconds()) / float64(r.requests)
 }
 
 func runLoadgen(addr string, rate float64, conns int, d time.Duration) (row, error) {
@@ -330,6 +467,9 @@ func stderrOf(err error) string {
 	return ""
 }
 
+// reuseport gives each worker its own listening socket, and the kernel spreads connections
+// over them by a hash of their addresses, alike for every tool. Without it a burst of
+// connects often lands on one worker, which then caps whichever tool drew that.
 const nginxConf = `worker_processes %d;
 daemon off;
 pid %[2]s/nginx.pid;
@@ -346,7 +486,7 @@ http {
     keepalive_timeout 300s;
     open_file_cache max=16;
     server {
-        listen %[3]s;
+        listen %[3]s reuseport;
         root %[2]s/www;
         location / { index index.html; }
     }
@@ -355,38 +495,38 @@ http {
 
 // startNginx runs nginx in the foreground on a free loopback port and returns a stop func
 // that ends it by PID.
-func startNginx() (string, func(), error) {
+func startNginx() (string, int, func(), error) {
 	nginx, err := exec.LookPath("nginx")
 	if err != nil {
 		if _, err2 := os.Stat("/usr/sbin/nginx"); err2 != nil {
-			return "", nil, fmt.Errorf("nginx not found (apt-get install -y nginx): %w", err)
+			return "", 0, nil, fmt.Errorf("nginx not found (apt-get install -y nginx): %w", err)
 		}
 		nginx = "/usr/sbin/nginx"
 	}
 	dir, err := os.MkdirTemp("", "loadbench-nginx-")
 	if err != nil {
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	cleanup := func() { os.RemoveAll(dir) }
 	// nginx workers drop to an unprivileged user that must reach the static file.
 	if err := os.Chmod(dir, 0o755); err != nil {
 		cleanup()
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	for _, d := range []string{"www", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			cleanup()
-			return "", nil, err
+			return "", 0, nil, err
 		}
 	}
 	if err := os.WriteFile(filepath.Join(dir, "www", "index.html"), []byte("hello from nginx on loopback\n"), 0o644); err != nil {
 		cleanup()
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		cleanup()
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	addr := l.Addr().String()
 	l.Close()
@@ -394,13 +534,13 @@ func startNginx() (string, func(), error) {
 	conf := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(conf, fmt.Appendf(nil, nginxConf, runtime.NumCPU(), dir, addr), 0o644); err != nil {
 		cleanup()
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	cmd := exec.Command(nginx, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"))
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		cleanup()
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
@@ -419,7 +559,7 @@ func startNginx() (string, func(), error) {
 		case err := <-exited:
 			cleanup()
 			log, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-			return "", nil, fmt.Errorf("nginx exited: %v\n%s", err, log)
+			return "", 0, nil, fmt.Errorf("nginx exited: %v\n%s", err, log)
 		default:
 		}
 		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
@@ -428,11 +568,11 @@ func startNginx() (string, func(), error) {
 			line, _ := bufio.NewReader(c).ReadString('\n')
 			c.Close()
 			if len(line) > 12 && line[9:12] == "200" {
-				return addr, stop, nil
+				return addr, cmd.Process.Pid, stop, nil
 			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	stop()
-	return "", nil, errors.New("nginx did not answer 200 within 5 s")
+	return "", 0, nil, errors.New("nginx did not answer 200 within 5 s")
 }
