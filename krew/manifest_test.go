@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -301,4 +302,30 @@ func shipsLicense(p *index.Platform) bool {
 		}
 	}
 	return false
+}
+
+// Every operating system the manifest offers must build: the plugin shares packages with
+// the Linux-only agent, and a Linux-only dependency would break the release for the others.
+// One architecture per system is enough to catch that.
+func TestPluginBuildsForEverySystem(t *testing.T) {
+	var p index.Plugin
+	if err := yaml.UnmarshalStrict(render(t, "v0.1.0"), &p); err != nil {
+		t.Fatal(err)
+	}
+	built := map[string]bool{}
+	for _, pl := range p.Spec.Platforms {
+		goos, goarch := pl.Selector.MatchLabels["os"], pl.Selector.MatchLabels["arch"]
+		if built[goos] {
+			continue
+		}
+		built[goos] = true
+		t.Run(goos+"/"+goarch, func(t *testing.T) {
+			cmd := exec.Command("go", "build", "-o", os.DevNull, "./plugin")
+			cmd.Dir = ".."
+			cmd.Env = append(os.Environ(), "GOOS="+goos, "GOARCH="+goarch, "CGO_ENABLED=0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("go build for %s/%s: %v\n%s", goos, goarch, err, out)
+			}
+		})
+	}
 }

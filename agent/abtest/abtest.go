@@ -57,7 +57,7 @@ import (
 
 	"github.com/kubectl-mesh/kubectl-mesh/agent/netns"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/bootstrap"
-	"github.com/kubectl-mesh/kubectl-mesh/pkg/loadgen"
+	"github.com/kubectl-mesh/kubectl-mesh/pkg/histogram"
 )
 
 // Limits that keep a request for an A/B run from turning the agent into a load generator.
@@ -447,9 +447,9 @@ func newPath(name string, ep Endpoint, c Config, seed uint64) *path {
 	buf := int(c.Rate) + 16
 	return &path{
 		name: name, ep: ep, jobs: make(chan time.Time, buf), basis: c.Basis,
-		service:      loadgen.NewHistogram(),
-		fromIntended: loadgen.NewHistogram(),
-		lateness:     loadgen.NewHistogram(),
+		service:      histogram.New(),
+		fromIntended: histogram.New(),
+		lateness:     histogram.New(),
 		maxSamples:   c.MaxSamples,
 		rng:          rand.New(rand.NewPCG(seed, seed>>1|1)),
 	}
@@ -457,7 +457,7 @@ func newPath(name string, ep Endpoint, c Config, seed uint64) *path {
 
 func micros(d time.Duration) int64 {
 	us := (int64(d) + 500) / 1000
-	return min(max(us, loadgen.HistogramLowest), loadgen.HistogramHighest)
+	return min(max(us, histogram.Lowest), histogram.Highest)
 }
 
 func (p *path) record(due, sent, done time.Time, measured bool, err error) {

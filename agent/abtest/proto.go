@@ -4,7 +4,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/agentapi"
-	"github.com/kubectl-mesh/kubectl-mesh/pkg/loadgen"
+	"github.com/kubectl-mesh/kubectl-mesh/pkg/histogram"
 )
 
 // Method is the AddedLatency.method of A/B results.
@@ -28,5 +28,5 @@ func (r *Result) AddedLatency() *agentapi.AddedLatency {
 // Histograms returns the through and around histograms on the run's basis, for
 // PodResult.through_sidecar and around_sidecar.
 func (r *Result) Histograms() (through, around *agentapi.Histogram) {
-	return loadgen.ToProto(r.Through.Histogram(r.Config.Basis)), loadgen.ToProto(r.Around.Histogram(r.Config.Basis))
+	return histogram.ToProto(r.Through.Histogram(r.Config.Basis)), histogram.ToProto(r.Around.Histogram(r.Config.Basis))
 }

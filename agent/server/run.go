@@ -25,6 +25,7 @@ import (
 	"github.com/kubectl-mesh/kubectl-mesh/agent/residency"
 	"github.com/kubectl-mesh/kubectl-mesh/agent/usage"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/agentapi"
+	"github.com/kubectl-mesh/kubectl-mesh/pkg/histogram"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/loadgen"
 )
 
@@ -373,7 +374,7 @@ func (a *Agent) measurePod(ctx context.Context, job podJob, counters *runCounter
 		} else {
 			counters.requests.Store(base + r.Requests)
 			counters.errors.Store(baseErr + r.Errors)
-			pr.ThroughSidecar = loadgen.ToProto(r.Latency)
+			pr.ThroughSidecar = histogram.ToProto(r.Latency)
 			pr.Requests, pr.Errors = r.Requests, r.Errors
 			out.Measured = r.Duration
 			out.Stopped = r.Stopped
@@ -457,16 +458,16 @@ func residencyResult(w *residency.Snapshot, p loadgen.Protocol, tier ebpftier.Ti
 // residencyHistogram puts residency on the wire's microsecond layout, each bucket at its
 // midpoint, so the plugin can merge it across pods and nodes.
 func residencyHistogram(h *residency.Histogram) *agentapi.Histogram {
-	out := loadgen.NewHistogram()
+	out := histogram.New()
 	for i, c := range h.Counts {
 		if c == 0 {
 			continue
 		}
 		lo, hi := residency.BucketBounds(i)
-		us := min(max(int64((lo+(hi-lo)/2+500)/1000), loadgen.HistogramLowest), loadgen.HistogramHighest)
+		us := min(max(int64((lo+(hi-lo)/2+500)/1000), histogram.Lowest), histogram.Highest)
 		_ = out.RecordValues(us, int64(c))
 	}
-	return loadgen.ToProto(out)
+	return histogram.ToProto(out)
 }
 
 // abConfig maps a load onto an A/B run, or says why A/B cannot honour it: A/B sends plain

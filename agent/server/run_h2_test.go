@@ -23,7 +23,7 @@ import (
 	"github.com/kubectl-mesh/kubectl-mesh/agent/netns/podtest"
 	"github.com/kubectl-mesh/kubectl-mesh/agent/usage"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/agentapi"
-	"github.com/kubectl-mesh/kubectl-mesh/pkg/loadgen"
+	"github.com/kubectl-mesh/kubectl-mesh/pkg/histogram"
 )
 
 // h2ProxyEnv makes the test binary an h2c reverse proxy with a known delay: a sidecar for
@@ -217,7 +217,7 @@ func TestRunHTTP2Queueing(t *testing.T) {
 				p50[delay] = d.GetValue().AsDuration()
 			}
 		}
-		if h, err := loadgen.FromProto(pr.GetThroughSidecar()); err != nil || h.TotalCount() == 0 {
+		if h, err := histogram.FromProto(pr.GetThroughSidecar()); err != nil || h.TotalCount() == 0 {
 			t.Errorf("d=%v: no client latency histogram (%v)", delay, err)
 		} else {
 			clientP50[delay] = time.Duration(h.ValueAtQuantile(50)) * time.Microsecond
@@ -252,7 +252,7 @@ func histogramCount(h *agentapi.Histogram) uint64 {
 	if h == nil {
 		return 0
 	}
-	hd, err := loadgen.FromProto(h)
+	hd, err := histogram.FromProto(h)
 	if err != nil {
 		return 0
 	}

@@ -17,6 +17,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/kubectl-mesh/kubectl-mesh/pkg/histogram"
 )
 
 // Protocol is the wire protocol of a load.
@@ -70,7 +72,7 @@ const (
 	MaxRate        = 100000 // requests per second
 	MaxConnections = 1024
 	MaxDuration    = time.Hour
-	MaxTimeout     = time.Minute // also the histograms' highest trackable value
+	MaxTimeout     = histogram.MaxValue // a slower answer would not fit the histograms
 	MaxBodyBytes   = 1 << 20
 	MaxHeaders     = 64
 	MaxHeaderBytes = 64 << 10 // names plus values

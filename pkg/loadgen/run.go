@@ -10,6 +10,7 @@ import (
 	"time"
 
 	hdrhistogram "github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/kubectl-mesh/kubectl-mesh/pkg/histogram"
 )
 
 // Progress is reported about every ProgressInterval while a load runs.
@@ -65,8 +66,8 @@ type Result struct {
 func (r *Result) String() string {
 	return fmt.Sprintf("%v %s: %d requests (%d errors) in %v, %.1f/s (asked %.1f/s), p50 %v p99 %v max %v, service p50 %v p99 %v",
 		r.Protocol, r.Target, r.Requests, r.Errors, r.Duration.Round(time.Millisecond), r.AchievedRate, r.IntendedRate,
-		Quantile(r.Latency, 0.5), Quantile(r.Latency, 0.99), Quantile(r.Latency, 1),
-		Quantile(r.Service, 0.5), Quantile(r.Service, 0.99))
+		histogram.Quantile(r.Latency, 0.5), histogram.Quantile(r.Latency, 0.99), histogram.Quantile(r.Latency, 1),
+		histogram.Quantile(r.Service, 0.5), histogram.Quantile(r.Service, 0.99))
 }
 
 type client interface {
@@ -135,9 +136,9 @@ func (w *worker) finish(err error, intended, sent, done, warmup int64) {
 		return
 	}
 	w.sh.mu.Lock()
-	recordDuration(w.sh.latency, time.Duration(done-intended))
-	recordDuration(w.sh.service, time.Duration(done-sent))
-	recordDuration(w.sh.lateness, time.Duration(sent-intended))
+	histogram.Record(w.sh.latency, time.Duration(done-intended))
+	histogram.Record(w.sh.service, time.Duration(done-sent))
+	histogram.Record(w.sh.lateness, time.Duration(sent-intended))
 	w.sh.mu.Unlock()
 }
 
@@ -167,7 +168,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	nShards := min(o.Connections, 2*runtime.GOMAXPROCS(0))
 	shards := make([]*shard, nShards)
 	for i := range shards {
-		shards[i] = &shard{latency: NewHistogram(), service: NewHistogram(), lateness: NewHistogram()}
+		shards[i] = &shard{latency: histogram.New(), service: histogram.New(), lateness: histogram.New()}
 	}
 	closeAll := func() {
 		for _, w := range workers {
@@ -360,9 +361,9 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	for _, s := range shards {
 		hs = append(hs, [3]*hdrhistogram.Histogram{s.latency, s.service, s.lateness})
 	}
-	res.Latency, _ = Merge(column(hs, 0)...)
-	res.Service, _ = Merge(column(hs, 1)...)
-	res.Lateness, _ = Merge(column(hs, 2)...)
+	res.Latency, _ = histogram.Merge(column(hs, 0)...)
+	res.Service, _ = histogram.Merge(column(hs, 1)...)
+	res.Lateness, _ = histogram.Merge(column(hs, 2)...)
 
 	if firstSend >= 0 {
 		res.SendSpan = time.Duration(lastSend - firstSend)

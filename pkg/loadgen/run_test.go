@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/kubectl-mesh/kubectl-mesh/pkg/histogram"
 )
 
 func TestProtocols(t *testing.T) {
@@ -154,16 +156,16 @@ func TestCoordinatedOmissionCorrected(t *testing.T) {
 		}
 		// ~200 of ~2000 requests were due during the stall, waiting from up to 200 ms down
 		// to 0: the top 1% (20 requests) waited at least 180 ms.
-		if p99 := Quantile(res.Latency, 0.99); p99 < 150*time.Millisecond {
+		if p99 := histogram.Quantile(res.Latency, 0.99); p99 < 150*time.Millisecond {
 			t.Errorf("corrected p99 %v does not show the 200 ms stall", p99)
 		}
-		if mx := Quantile(res.Service, 1); mx < 200*time.Millisecond {
+		if mx := histogram.Quantile(res.Service, 1); mx < 200*time.Millisecond {
 			t.Errorf("service max %v should be the stalled request", mx)
 		}
-		if p99 := Quantile(res.Lateness, 0.99); p99 < 100*time.Millisecond {
+		if p99 := histogram.Quantile(res.Lateness, 0.99); p99 < 100*time.Millisecond {
 			t.Errorf("lateness p99 %v does not show the queue behind the stall", p99)
 		}
-		quiet = Quantile(res.Service, 0.99) < 50*time.Millisecond
+		quiet = histogram.Quantile(res.Service, 0.99) < 50*time.Millisecond
 	}
 	if !quiet {
 		t.Errorf("service p99 stayed ≥ 50 ms in 3 runs: it should not show a stall of one request in ~2000")

@@ -5,8 +5,6 @@ import (
 	"math"
 	"runtime"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 const (
@@ -36,21 +34,8 @@ const (
 func schedule(ctx context.Context, rate float64, start time.Time, now func() int64, warmupNs, endNs int64, jobs chan<- int64) (missed uint64) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	if old, err := unix.PrctlRetInt(unix.PR_GET_TIMERSLACK, 0, 0, 0, 0); err == nil {
-		if unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0) == nil {
-			defer unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(old), 0, 0, 0)
-		}
-	}
+	defer tuneThread()()
 	stopNs := endNs + int64(drainGrace)
-	// Ahead of other threads for the CPU when the node is busy: a scheduler that waits for a
-	// time slice sends late. Only root may raise it; otherwise it stays as it was.
-	tid := unix.Gettid()
-	if old, err := unix.Getpriority(unix.PRIO_PROCESS, tid); err == nil {
-		if unix.Setpriority(unix.PRIO_PROCESS, tid, schedulerNice) == nil {
-			// getpriority(2) returns 20 − nice.
-			defer unix.Setpriority(unix.PRIO_PROCESS, tid, 20-old)
-		}
-	}
 	end := time.NewTimer(time.Until(start.Add(time.Duration(stopNs))))
 	defer end.Stop()
 
@@ -96,8 +81,7 @@ func schedule(ctx context.Context, rate float64, start time.Time, now func() int
 			}
 			if wait > spin {
 				d := min(wait-spin, maxSleep)
-				ts := unix.NsecToTimespec(int64(d))
-				_ = unix.Nanosleep(&ts, nil)
+				sleep(d)
 				// A decaying maximum of recent oversleeps sets the next spin.
 				over := time.Duration(now()-n) - d
 				oversleep = max(over, oversleep-oversleep/64)

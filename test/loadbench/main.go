@@ -34,6 +34,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/kubectl-mesh/kubectl-mesh/pkg/histogram"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/loadgen"
 )
 
@@ -349,10 +350,10 @@ func runLoadgen(addr string, rate float64, conns int, d time.Duration) (row, err
 			sent = float64(res.Requests-1) / res.SendSpan.Seconds()
 		}
 		note = fmt.Sprintf("rate from send times %.1f/s, missed %d, lateness p99 %v, service p50 %v, saturated %v",
-			sent, res.Missed, loadgen.Quantile(res.Lateness, 0.99), loadgen.Quantile(res.Service, 0.5), res.Saturated)
+			sent, res.Missed, histogram.Quantile(res.Lateness, 0.99), histogram.Quantile(res.Service, 0.5), res.Saturated)
 	}
 	return row{tool: "loadgen", mode: mode, asked: rate, achieved: res.AchievedRate, cpu: cpu,
-		p50: loadgen.Quantile(res.Latency, 0.5), p99: loadgen.Quantile(res.Latency, 0.99),
+		p50: histogram.Quantile(res.Latency, 0.5), p99: histogram.Quantile(res.Latency, 0.99),
 		requests: res.Requests, errors: res.Errors, note: note}, nil
 }
 

@@ -1,14 +1,11 @@
-package loadgen
+package histogram
 
 import (
-	"errors"
 	"math"
 	"math/rand/v2"
 	"slices"
 	"testing"
 	"time"
-
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/agentapi"
 )
@@ -17,7 +14,7 @@ import (
 // histogram of all the values, tail and maximum included.
 func TestMergeKeepsTail(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	a, b, all := NewHistogram(), NewHistogram(), NewHistogram()
+	a, b, all := New(), New(), New()
 	var values []int64
 	for i := 0; i < 200000; i++ {
 		// Log-normal around 300 µs, plus a rare multi-second tail on node b only.
@@ -29,8 +26,8 @@ func TestMergeKeepsTail(t *testing.T) {
 				d = time.Duration(1+rng.IntN(5)) * time.Second
 			}
 		}
-		recordDuration(h, d)
-		recordDuration(all, d)
+		Record(h, d)
+		Record(all, d)
 		values = append(values, (int64(d)+500)/1000)
 	}
 	merged, err := MergeProto(ToProto(a), ToProto(b))
@@ -63,8 +60,8 @@ func TestMergeKeepsTail(t *testing.T) {
 }
 
 func TestProtoRoundTripAndBadInput(t *testing.T) {
-	h := NewHistogram()
-	for _, v := range []int64{0, 1, 7, 2047, 2048, 123456, HistogramHighest} {
+	h := New()
+	for _, v := range []int64{0, 1, 7, 2047, 2048, 123456, Highest} {
 		h.RecordValue(v)
 	}
 	p := ToProto(h)
@@ -94,26 +91,3 @@ func TestProtoRoundTripAndBadInput(t *testing.T) {
 }
 
 func mathExp(x float64) float64 { return math.Exp(x) }
-
-func TestFromSpec(t *testing.T) {
-	spec := &agentapi.LoadSpec{
-		Protocol: agentapi.Protocol_PROTOCOL_GRPC, Rate: 100, Connections: 4,
-		Duration: durationpb.New(2 * time.Second), Warmup: durationpb.New(time.Second),
-		Path: GRPCEchoMethod, Headers: map[string]string{"a": "b"}, Body: []byte("x"),
-	}
-	o, err := FromSpec(spec, "127.0.0.1:9")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if o.Protocol != GRPC || o.Rate != 100 || o.Connections != 4 || o.Duration != 2*time.Second || o.Warmup != time.Second || o.Path != GRPCEchoMethod || o.Headers["a"] != "b" {
-		t.Errorf("options %+v", o)
-	}
-	spec.Connections = 1 << 31
-	if _, err := FromSpec(spec, "127.0.0.1:9"); !errors.Is(err, ErrInvalidOptions) {
-		t.Errorf("2^31 connections: %v", err)
-	}
-	spec.Connections, spec.Protocol = 1, 42
-	if _, err := FromSpec(spec, "127.0.0.1:9"); !errors.Is(err, ErrInvalidOptions) {
-		t.Errorf("unknown protocol: %v", err)
-	}
-}
