@@ -182,7 +182,11 @@ func config(r *perfrun.Run) []field {
 	} else {
 		add("Rate per node", "as fast as possible (closed loop)")
 	}
-	add("Connections", fmt.Sprintf("%d per node", load.GetConnections()))
+	if n := load.GetConnections(); n > 0 {
+		add("Connections", fmt.Sprintf("%d per node", n))
+	} else {
+		add("Connections", "the agent's default")
+	}
 	add("Duration", load.GetDuration().AsDuration().String())
 	add("Warm-up", load.GetWarmup().AsDuration().String())
 	if m := r.GetMesh(); m.GetName() != "" {
