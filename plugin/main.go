@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/pflag"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
+
 	// Cloud auth plugins (OIDC, Azure, GCP exec) that kubeconfigs may name.
 	_ "k8s.io/client-go/plugin/pkg/client/auth"
 )

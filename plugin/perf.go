@@ -54,36 +54,19 @@ func NewCmdPerf(flags *genericclioptions.ConfigFlags, streams genericiooptions.I
 
 // storeFlags are the flags of every command that saves or reads runs.
 type storeFlags struct {
-	Store  string
-	Output string
-	OutDir string
-	FailIf budget.List
+	Store string
 
 	// dir overrides the local store's directory in tests.
 	dir string
 }
 
-func (s *storeFlags) add(cmd *cobra.Command, saving bool) {
-	f := cmd.Flags()
-	usage := "also read runs kept in the cluster (a ConfigMap per run in the agent namespace)"
-	if saving {
-		usage = "where to save the run besides this machine: \"cluster\" also keeps it in a ConfigMap in the agent namespace, for the team"
-		f.Var(&s.FailIf, "fail-if", "exit with status 3 when a budget is breached, e.g. 'added_p99>2ms,cpu_per_1k_rps>250m' (metrics: "+strings.Join(budget.Metrics(), ", ")+")")
-		f.StringVar(&s.OutDir, "out", "", "also write the run's SMP documents into this directory")
-		addOutputFlag(cmd, &s.Output, runOutputs, "Output format of the result (default: a table).")
-	}
-	f.StringVar(&s.Store, "store", "local", usage+"; one of local, cluster")
+func (s *storeFlags) add(cmd *cobra.Command, usage string) {
+	cmd.Flags().StringVar(&s.Store, "store", "local", usage+"; one of local, cluster")
 	_ = cmd.RegisterFlagCompletionFunc("store", fixedCompletion("local", "cluster"))
 }
 
 func (s *storeFlags) validate() error {
-	if err := validateChoice("store", s.Store, []string{"local", "cluster"}); err != nil {
-		return err
-	}
-	if s.Output != "" {
-		return validateChoice("output", s.Output, runOutputs)
-	}
-	return nil
+	return validateChoice("store", s.Store, []string{"local", "cluster"})
 }
 
 // stores lists where runs are kept, local first; cluster only when asked for.
@@ -240,12 +223,12 @@ func newPerfReadOptions(flags *genericclioptions.ConfigFlags, streams genericioo
 }
 
 func (o *perfReadOptions) addFlags(cmd *cobra.Command) {
-	o.storeFlags.add(cmd, false)
+	o.storeFlags.add(cmd, "also read runs kept in the cluster (a ConfigMap per run in the agent namespace)")
 	cmd.Flags().StringVar(&o.AgentNamespace, "agent-namespace", o.AgentNamespace, "namespace of the mesh agent (where --store cluster keeps runs)")
 }
 
 func (o *perfReadOptions) validate() error {
-	if err := validateChoice("store", o.Store, []string{"local", "cluster"}); err != nil {
+	if err := o.storeFlags.validate(); err != nil {
 		return err
 	}
 	return validateAgentNamespace(o.AgentNamespace)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/agentapi"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/agents"
+	"github.com/kubectl-mesh/kubectl-mesh/pkg/budget"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/loadgen"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/perfrun"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/version"
@@ -53,6 +54,9 @@ type PerfRunOptions struct {
 	Body        string
 	Nodes       []string
 	ForceTier   string
+	Output      string
+	OutDir      string
+	FailIf      budget.List
 	storeFlags
 	AgentNamespace string
 
@@ -135,7 +139,10 @@ gate for CI pipelines: exit status 3 when a budget is breached.`,
 	f.StringSliceVar(&o.Nodes, "node", nil, "only the target pods on these nodes")
 	f.StringVar(&o.ForceTier, "ebpf-tier", "", "force an eBPF tier: tp_btf, raw_tp, fentry, kprobe or none")
 	f.StringVar(&o.AgentNamespace, "agent-namespace", o.AgentNamespace, "namespace of the mesh agent")
-	o.storeFlags.add(cmd, true)
+	o.storeFlags.add(cmd, "where to save the run besides this machine: \"cluster\" also keeps it in a ConfigMap in the agent namespace, for the team")
+	f.Var(&o.FailIf, "fail-if", "exit with status 3 when a budget is breached, e.g. 'added_p99>2ms,cpu_per_1k_rps>250m' (metrics: "+strings.Join(budget.Metrics(), ", ")+")")
+	f.StringVar(&o.OutDir, "out", "", "also write the run's SMP documents into this directory")
+	addOutputFlag(cmd, &o.Output, runOutputs, "Output format of the result (default: a table).")
 	_ = cmd.RegisterFlagCompletionFunc("protocol", fixedCompletion("http", "http2", "grpc", "tcp"))
 	_ = cmd.RegisterFlagCompletionFunc("ebpf-tier", fixedCompletion("tp_btf", "raw_tp", "fentry", "kprobe", "none"))
 	return cmd
@@ -169,6 +176,11 @@ func (o *PerfRunOptions) Complete(cmd *cobra.Command, args []string) error {
 func (o *PerfRunOptions) Validate() error {
 	if err := o.storeFlags.validate(); err != nil {
 		return err
+	}
+	if o.Output != "" {
+		if err := validateChoice("output", o.Output, runOutputs); err != nil {
+			return err
+		}
 	}
 	proto, ok := protocols[o.Protocol]
 	if !ok {
@@ -214,8 +226,7 @@ func (o *PerfRunOptions) Validate() error {
 
 // badLoadFlag phrases the load generator's refusal in terms of the flags.
 func badLoadFlag(err error) error {
-	msg := strings.TrimPrefix(err.Error(), "loadgen: ")
-	return fmt.Errorf("invalid load: %s", strings.TrimPrefix(msg, loadgen.ErrInvalidOptions.Error()+": "))
+	return fmt.Errorf("invalid load: %s", strings.TrimPrefix(err.Error(), loadgen.ErrInvalidOptions.Error()+": "))
 }
 
 func (o *PerfRunOptions) Run(ctx context.Context) error {

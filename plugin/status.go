@@ -11,7 +11,6 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
-	"github.com/kubectl-mesh/kubectl-mesh/agent/discovery"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/meshdetect"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/perfrun"
 )
@@ -165,13 +164,8 @@ func writeMeshStatus(w io.Writer, rep *meshdetect.Report) error {
 // control plane shows. A mesh whose control plane is not found is still named, with a
 // warning, since the sidecars are what is measured.
 func detectMesh(ctx context.Context, c *cluster, pods []targetPod, warn io.Writer) *perfrun.Mesh {
-	var name discovery.Mesh
-	for _, p := range pods {
-		if rec, err := discovery.Recognize(p.pod, nil); err == nil && rec.Mesh != "" {
-			name = rec.Mesh
-			break
-		}
-	}
+	// Every pod was recognised as meshed when the target was resolved.
+	name := pods[0].mesh
 	out := &perfrun.Mesh{Name: string(name)}
 	rep, err := meshdetect.Detect(ctx, c.clientset, meshdetect.Options{})
 	if err != nil {

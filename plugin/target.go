@@ -47,10 +47,11 @@ func parseTarget(arg, selector string) (*perfrun.Target, error) {
 	return &perfrun.Target{Kind: k, Name: name}, nil
 }
 
-// targetPod is one pod to measure, with its node.
+// targetPod is one pod to measure, with its node and the mesh its sidecar belongs to.
 type targetPod struct {
 	pod  *corev1.Pod
 	node string
+	mesh discovery.Mesh
 }
 
 // resolveTarget finds the target's pods and the app port to load, and checks each pod can
@@ -154,7 +155,7 @@ func checkPods(t *perfrun.Target, pods []corev1.Pod, svc *corev1.Service, port s
 			continue
 		}
 		t.Port = n
-		out = append(out, targetPod{pod: p, node: p.Spec.NodeName})
+		out = append(out, targetPod{pod: p, node: p.Spec.NodeName, mesh: rec.Mesh})
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("no pod of %s can be measured:\n  %s", describeTarget(t), strings.Join(problems, "\n  "))

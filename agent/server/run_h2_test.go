@@ -17,7 +17,6 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/kubectl-mesh/kubectl-mesh/agent/discovery"
 	"github.com/kubectl-mesh/kubectl-mesh/agent/ebpftier"
 	"github.com/kubectl-mesh/kubectl-mesh/agent/netns"
 	"github.com/kubectl-mesh/kubectl-mesh/agent/netns/podtest"
@@ -152,23 +151,7 @@ func TestRunHTTP2Queueing(t *testing.T) {
 		t.Cleanup(func() { app.Close() })
 		pid := startH2Proxy(t, pod, delay)
 
-		cg, err := os.Open(fmt.Sprintf("/proc/%d/cgroup", pid))
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines, err := discovery.ParseProcCgroup(cg)
-		cg.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		sc := discovery.Sidecar{
-			Pod:         discovery.PodRef{Namespace: "shop", Name: "grpc-0", UID: "uid-grpc-0"},
-			PodIPs:      []string{pod.PodIP},
-			ContainerID: "istio-proxy-standin",
-			CgroupPaths: discovery.CgroupPaths(lines),
-			Processes:   []discovery.Process{{PID: pid, Comm: "envoy", Role: discovery.RoleProxy}},
-		}
-		sc.Recognition.Container = "istio-proxy"
+		sc := standinSidecar(t, "grpc-0", pod.PodIP, pid)
 		c := dial(t, New(Facts{NodeName: "n1", Tier: tier}, SyncedDiscovery(staticSource{sc}), sampler))
 		req := &agentapi.RunRequest{
 			RunId:   fmt.Sprintf("h2-%v", delay),

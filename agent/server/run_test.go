@@ -371,23 +371,9 @@ func TestRunRealNginxSidecar(t *testing.T) {
 		t.Fatal("needs root: creates a network namespace, a veth pair, iptables rules and eBPF programs")
 	}
 	podIP, _, pids := realPod(t)
-	f, err := os.Open(fmt.Sprintf("/proc/%d/cgroup", pids[0]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines, err := discovery.ParseProcCgroup(f)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc := discovery.Sidecar{
-		Pod:         discovery.PodRef{Namespace: "shop", Name: "web-0", UID: "uid-web-0"},
-		PodIPs:      []string{podIP},
-		ContainerID: "istio-proxy-standin",
-		CgroupPaths: discovery.CgroupPaths(lines),
-		ProxyUID:    podtest.ProxyUID,
-	}
-	sc.Recognition.Container = "istio-proxy"
+	sc := standinSidecar(t, "web-0", podIP, pids[0])
+	sc.ProxyUID = podtest.ProxyUID
+	sc.Processes = nil
 	for _, pid := range pids {
 		sc.Processes = append(sc.Processes, discovery.Process{PID: pid, Comm: "nginx", UID: podtest.ProxyUID, Role: discovery.RoleProxy})
 	}
@@ -489,4 +475,28 @@ func TestRunRealNginxSidecar(t *testing.T) {
 	if !said {
 		t.Errorf("forced fentry: errors %v; want one saying the forced tier did not attach", res.GetErrors())
 	}
+}
+
+// standinSidecar describes a proxy process started by a test as the istio-proxy sidecar of
+// pod shop/name, with the cgroup the process is in, the way discovery would.
+func standinSidecar(t *testing.T, name, podIP string, pid int) discovery.Sidecar {
+	t.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines, err := discovery.ParseProcCgroup(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := discovery.Sidecar{
+		Pod:         discovery.PodRef{Namespace: "shop", Name: name, UID: "uid-" + name},
+		PodIPs:      []string{podIP},
+		ContainerID: "istio-proxy-standin",
+		CgroupPaths: discovery.CgroupPaths(lines),
+		Processes:   []discovery.Process{{PID: pid, Comm: "envoy", Role: discovery.RoleProxy}},
+	}
+	sc.Recognition.Container = "istio-proxy"
+	return sc
 }

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -51,13 +50,8 @@ func DeployFake(ctx context.Context, c *simcluster.Cluster, node string, opts Op
 		return nil, err
 	}
 	w := &Workload{c: c, cs: cs, opts: opts}
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
-		Name: opts.Namespace, Labels: map[string]string{"istio-injection": "enabled"},
-	}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	if err := w.createNamespaceAndService(ctx); err != nil {
 		return nil, err
-	}
-	if _, err := cs.CoreV1().Services(opts.Namespace).Create(ctx, w.service(), metav1.CreateOptions{}); err != nil {
-		return nil, fmt.Errorf("meshpods: create Service: %w", err)
 	}
 	d := w.deployment()
 	d.Spec.Template.Spec.NodeName = node

@@ -149,13 +149,8 @@ func Deploy(ctx context.Context, c *simcluster.Cluster, opts Options) (*Workload
 		}
 	}
 	w.logf("images ready after %s", time.Since(began).Round(time.Millisecond))
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
-		Name: opts.Namespace, Labels: map[string]string{"istio-injection": "enabled"},
-	}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	if err := w.createNamespaceAndService(ctx); err != nil {
 		return nil, err
-	}
-	if _, err := cs.CoreV1().Services(opts.Namespace).Create(ctx, w.service(), metav1.CreateOptions{}); err != nil {
-		return nil, fmt.Errorf("meshpods: create Service: %w", err)
 	}
 	if _, err := cs.AppsV1().Deployments(opts.Namespace).Create(ctx, w.deployment(), metav1.CreateOptions{}); err != nil {
 		return nil, fmt.Errorf("meshpods: create Deployment: %w", err)
@@ -171,6 +166,20 @@ func Deploy(ctx context.Context, c *simcluster.Cluster, opts Options) (*Workload
 		w.logf("interception applied after %s", time.Since(began).Round(time.Millisecond))
 	}
 	return w, nil
+}
+
+// createNamespaceAndService creates the workload's namespace (labelled for injection, as
+// an Istio user would) unless it exists, and its Service.
+func (w *Workload) createNamespaceAndService(ctx context.Context) error {
+	if _, err := w.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+		Name: w.opts.Namespace, Labels: map[string]string{"istio-injection": "enabled"},
+	}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	if _, err := w.cs.CoreV1().Services(w.opts.Namespace).Create(ctx, w.service(), metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("meshpods: create Service: %w", err)
+	}
+	return nil
 }
 
 func (w *Workload) logf(format string, args ...any) {
