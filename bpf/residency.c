@@ -14,6 +14,10 @@
  *   recv(U)           proxy reads it           t_resp_read
  *   send(D)           proxy answers            now         response leg = now - t_resp
  *
+ * Each socket keeps the times of its own events (t_resp and t_resp_read are U's arrival and
+ * read), so an event touches one socket's state, and the answer on D alone looks at its
+ * peer: one line of state per socket, written on the CPU of the event and read on the next.
+ *
  * residency = request leg + response leg: the time the exchange spent inside the proxy,
  * excluding the upstream's own time. The read-based variant starts each leg at the proxy's
  * first read instead of the arrival; the difference is the socket queueing (wake-up) time,
@@ -34,8 +38,10 @@
  *
  * Cost: the hooks fire for every socket on the node, most of them not a tracked proxy's.
  * Those runs must end after a load or two: the task's tgid is checked in an array indexed by
- * its low bits before any hash lookup, and a socket's state is looked up only when a counting
- * filter (sk_filter) says some tracked socket may live there.
+ * its low bits, and a socket is looked for in the two slots of a direct-mapped table its
+ * address selects, whose keys share one cache line. Every lookup is an array load the JIT
+ * inlines: a hash map's bucket walk and its extra cache lines cost a tracked proxy's events
+ * more than the rest of their work together.
  */
 #include "kernel.h"
 #include "residency_sock.h"
@@ -91,6 +97,10 @@ enum phase {
 /* Pairing gives up on legs longer than this; set from userspace. */
 volatile const __u64 stale_ns = 10000000000ULL;
 
+/* Whether to measure connection-level queueing (M_FORWARD_*), which costs every write a
+ * second socket lookup; set from userspace for loads whose requests cannot be paired. */
+volatile const __u8 queueing = 0;
+
 struct tracked_proc {
 	/* The process, in its slot of procs; 0 for an empty slot, TGID_SHARED for a slot two
 	 * tracked processes map to, whose state is then in tracked. */
@@ -103,15 +113,19 @@ struct tracked_proc {
 	/* The last socket of each role (index role - 1) this process read a burst from: where
 	 * a write on the other side looks for the burst it ends. */
 	__u64 burst_sk[2];
+	__u8 pad[32];
 };
+
+/* The per-process and per-thread slots are a cache line each: a proxy's workers have
+ * adjacent ids, and slots sharing a line would bounce it between the workers' CPUs on
+ * every event. */
+_Static_assert(sizeof(struct tracked_proc) == 64, "a process's slot is one cache line");
 
 struct sk_state {
 	__u64 peer;
 	__u64 t_ready;     /* D: request arrival; U: response arrival */
 	__u64 t_read;      /* D: first read of the request; U: first read of the response */
 	__u64 t_fwd;       /* D: forward to upstream */
-	__u64 t_resp;      /* D: response arrival on the peer */
-	__u64 t_resp_read; /* D: first read of the response on the peer */
 	__u64 t_next;      /* D: next request's arrival, seen before our answer's tracepoint */
 	__u64 t_queue;     /* arrival not yet read, for the queueing histograms */
 	__u64 t_burst;     /* arrival of the first data read since the last forward of it */
@@ -120,6 +134,8 @@ struct sk_state {
 	__u8 phase;
 	__u8 pad[4];
 };
+
+_Static_assert(sizeof(struct sk_state) == 64, "a socket's state is one cache line");
 
 /* The tracked processes, each in the slot of procs its tgid's low bits select, so that
  * every event's first question (is this task a tracked proxy?) is one inlined array load
@@ -131,6 +147,7 @@ struct sk_state {
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, TGID_SLOTS);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct tracked_proc);
 } procs SEC(".maps");
@@ -142,48 +159,62 @@ struct {
 	__type(value, struct tracked_proc);
 } tracked SEC(".maps");
 
-/* Keyed by the sk pointer and deleted on TCP_CLOSE, which every TCP socket passes through
- * before it is freed; a plain hash, whose lookups do not write (an LRU's mark their entry,
- * a shared cache line between the CPUs). A tracer lives for one measurement, so should a
- * close ever be missed, the cost is an entry until then; a full map is counted. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, struct sk_state);
-} socks SEC(".maps");
-
-/* Per thread of a tracked proxy: the pairing for proxies that keep a connection and its
- * forward on one thread (Envoy's workers). */
-struct tid_state {
-	__u64 pending_sk;  /* the downstream socket whose request this thread read last */
-	__u64 burst_sk[2]; /* as tracked_proc.burst_sk, for this thread */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, struct tid_state);
-} tid_pending SEC(".maps");
-
-/* Which sockets may have state in socks, so that the others' events skip the hash lookup:
- * per slot of a hash of the socket's identity, how many sockets there were given state
- * minus those deleted on close. Zero means none; a collision costs a wasted lookup, never a
- * missed one. The identity is the socket pointer on raw_tp (a plain number there), but the
- * connection's addresses and remote port on tp_btf: there the pointer is a trusted one,
- * which the verifier will not let be hashed, and those fields share the cache line the
- * receive path has just read to find the socket, where socket local storage would cost a
- * cold line. Not the local port: at the close's tracepoint it is not always what it was
- * while the connection lived (the port can be released first), and a socket whose count
- * is taken from the wrong slot keeps its state past the close. */
-#define SK_SLOTS (1 << 16)
+/* Socket state, direct-mapped by the socket's address: a socket may live in either slot of
+ * the pair its address hashes to (sk_pair), and sk_keys says which socket each slot holds (0:
+ * free). A socket is given a slot at its proxy's first act on it and gives it back at
+ * TCP_CLOSE, which every TCP socket passes through before it is freed. Should both slots be
+ * taken, the socket goes untraced and C_STATE_FULL counts it. A tracer lives for one
+ * measurement, so should a close ever be missed, the cost is a slot until then. */
+#define SK_BITS 16
+#define SK_SLOTS (1 << SK_BITS)
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, SK_SLOTS);
 	__type(key, __u32);
-	__type(value, __u32);
-} sk_filter SEC(".maps");
+	__type(value, __u64);
+} sk_keys SEC(".maps");
+
+/* Mappable, so that its values start on a page and each socket's state is one cache line
+ * (so too procs and threads). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SK_SLOTS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct sk_state);
+} socks SEC(".maps");
+
+/* Per thread of a tracked proxy, in the slot its tid's low bits select: the pairing for
+ * proxies that keep a connection and its forward on one thread (Envoy's workers). A thread
+ * takes its slot over from another that maps there; the other then pairs by its process. */
+struct tid_state {
+	__u64 pending_sk;  /* the downstream socket whose request this thread read last */
+	__u64 burst_sk[2]; /* as tracked_proc.burst_sk, for this thread */
+	__u32 tid;
+	__u8 pad[36];
+};
+
+_Static_assert(sizeof(struct tid_state) == 64, "a thread's slot is one cache line");
+
+#define TID_SLOTS (1 << 14)
+#define TID_MASK (TID_SLOTS - 1)
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TID_SLOTS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct tid_state);
+} threads SEC(".maps");
+
+/* One word per CPU through which a socket's address passes to become a plain number: on
+ * tp_btf the sk argument is a trusted pointer, which the verifier lets be stored but not
+ * hashed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} scratch SEC(".maps");
 
 /* Local ports the tracked proxies accept connections on. */
 struct {
@@ -264,68 +295,107 @@ static __always_inline struct tracked_proc *current_proc(__u32 *tid)
 	return bpf_map_lookup_elem(&tracked, &tgid);
 }
 
-/* sk_ident is what the socket filter hashes: see sk_filter. */
-static __always_inline __u64 sk_ident(__u64 sk, const int btf)
+/* sk_id is the socket's address as a plain number: see scratch. */
+static __always_inline __u64 sk_id(const void *sk, const int btf)
 {
-	struct sock___mesh *s = (struct sock___mesh *)sk;
+	__u32 zero = 0;
+	__u64 *v;
 
 	if (!btf)
-		return sk;
-	return s->__sk_common.skc_addrpair ^ ((__u64)s->__sk_common.skc_dport << 16);
-}
-
-static __always_inline __u32 *sk_filter_count(__u64 sk, const int btf)
-{
-	/* Fibonacci hashing: slab pointers share their low bits, addresses their high ones. */
-	__u32 slot = (__u32)((sk_ident(sk, btf) * 0x9E3779B97F4A7C15ULL) >> 48);
-
-	return bpf_map_lookup_elem(&sk_filter, &slot);
-}
-
-/* sock_state is the state of a socket that may have some: the filter first, a hash lookup
- * only when it allows. */
-static __always_inline struct sk_state *sock_state(__u64 sk, const int btf)
-{
-	__u32 *n = sk_filter_count(sk, btf);
-
-	if (!n || !*n)
+		return (__u64)sk;
+	v = bpf_map_lookup_elem(&scratch, &zero);
+	if (!v)
 		return 0;
-	return bpf_map_lookup_elem(&socks, &sk);
+	*(volatile __u64 *)v = (__u64)sk;
+	return *(volatile __u64 *)v;
 }
 
-static __always_inline struct sk_state *new_state(__u64 sk, __u8 role, const int btf)
+/* sk_pair is the first of the two slots a socket may live in. Fibonacci hashing: slab
+ * addresses share their low bits. */
+static __always_inline __u32 sk_pair(__u64 id)
 {
-	struct sk_state s = { .role = role };
-	__u32 *n;
+	return (__u32)((id * 0x9E3779B97F4A7C15ULL) >> (64 - SK_BITS)) & ~1U;
+}
 
-	if (bpf_map_update_elem(&socks, &sk, &s, BPF_ANY)) {
-		count(C_STATE_FULL);
+/* sock_state is the state of socket id, or 0 when it has none. */
+static __always_inline struct sk_state *sock_state(__u64 id)
+{
+	__u32 slot = sk_pair(id);
+	__u64 *k = bpf_map_lookup_elem(&sk_keys, &slot);
+
+	if (!id || !k)
 		return 0;
+	if (*k != id) {
+		slot |= 1;
+		k = bpf_map_lookup_elem(&sk_keys, &slot);
+		if (!k || *k != id)
+			return 0;
 	}
-	n = sk_filter_count(sk, btf);
-	if (n)
-		__sync_fetch_and_add(n, 1);
-	return bpf_map_lookup_elem(&socks, &sk);
+	return bpf_map_lookup_elem(&socks, &slot);
 }
 
-/* forget drops a closing socket's state. */
-static __always_inline void forget(__u64 sk, const int btf)
+/* new_state gives socket id a free slot of its pair. A slot's state is zeroed when it is
+ * given back, so the winner of the slot's key only sets the role. */
+static __always_inline struct sk_state *new_state(__u64 id, __u8 role)
 {
-	__u32 *n = sk_filter_count(sk, btf);
+	__u32 slot = sk_pair(id);
+	struct sk_state *s;
+	__u64 *k;
 
-	if (n && *n && !bpf_map_delete_elem(&socks, &sk))
-		__sync_fetch_and_add(n, -1);
+#pragma unroll
+	for (int i = 0; i < 2; i++, slot |= 1) {
+		k = bpf_map_lookup_elem(&sk_keys, &slot);
+		if (!k || !id)
+			return 0;
+		if (*k || __sync_val_compare_and_swap(k, 0, id))
+			continue;
+		s = bpf_map_lookup_elem(&socks, &slot);
+		if (s)
+			s->role = role;
+		return s;
+	}
+	count(C_STATE_FULL);
+	return 0;
 }
 
-static __always_inline struct tid_state *thread_state(__u32 tid)
+/* forget gives a closing socket's slot back: both, should two CPUs have raced to give the
+ * socket one each. */
+static __always_inline void forget(__u64 id)
 {
-	struct tid_state *t = bpf_map_lookup_elem(&tid_pending, &tid);
-	struct tid_state zero = {};
+	__u32 slot = sk_pair(id);
+	struct sk_state *s;
+	__u64 *k;
 
-	if (t)
+#pragma unroll
+	for (int i = 0; i < 2; i++, slot |= 1) {
+		k = bpf_map_lookup_elem(&sk_keys, &slot);
+		if (!k || !id || *k != id)
+			continue;
+		s = bpf_map_lookup_elem(&socks, &slot);
+		if (s)
+			__builtin_memset(s, 0, sizeof(*s));
+		__sync_val_compare_and_swap(k, id, 0);
+	}
+}
+
+/* thread_state is the calling thread's state; claim takes the slot over from another
+ * thread, else such a slot gives none. */
+static __always_inline struct tid_state *thread_state(__u32 tid, const int claim)
+{
+	__u32 slot = tid & TID_MASK;
+	struct tid_state *t = bpf_map_lookup_elem(&threads, &slot);
+
+	if (!t)
+		return 0;
+	if (t->tid == tid)
 		return t;
-	bpf_map_update_elem(&tid_pending, &tid, &zero, BPF_NOEXIST);
-	return bpf_map_lookup_elem(&tid_pending, &tid);
+	if (!claim)
+		return 0;
+	t->tid = tid;
+	t->pending_sk = 0;
+	t->burst_sk[0] = 0;
+	t->burst_sk[1] = 0;
+	return t;
 }
 
 /* begin_burst notes data read from sk that arrived at arrival: the start of a burst, unless
@@ -348,7 +418,7 @@ static __always_inline int take_burst(__u64 cand, __u8 role, __u32 metric, __u64
 
 	if (!cand)
 		return 0;
-	b = bpf_map_lookup_elem(&socks, &cand);
+	b = sock_state(cand);
 	if (!b || b->role != role || !b->t_burst)
 		return 0;
 	lat = now - b->t_burst;
@@ -376,23 +446,34 @@ static __always_inline void end_burst(struct tracked_proc *p, struct tid_state *
 /* new_proxy_state gives a socket first seen in a tracked proxy its state. Its role comes
  * from its local port where the proxy's listening ports are known, else from guess, what
  * the proxy's first act on it implies. */
-static __always_inline struct sk_state *new_proxy_state(__u64 sk, struct tracked_proc *p, __u8 guess, const int btf)
+static __always_inline struct sk_state *new_proxy_state(const struct sock___mesh *sk, __u64 id, struct tracked_proc *p, __u8 guess)
 {
-	__u16 port = BPF_CORE_READ((struct sock___mesh *)sk, __sk_common.skc_num);
+	__u16 port = BPF_CORE_READ(sk, __sk_common.skc_num);
 	struct sk_state *s;
 
 	if (p->has_ports)
 		guess = bpf_map_lookup_elem(&listen_ports, &port) ? ROLE_DOWN : ROLE_UP;
-	s = new_state(sk, guess, btf);
+	s = new_state(id, guess);
 	if (s)
 		s->lport = port;
 	return s;
 }
 
-static __always_inline void on_data_ready(__u64 sk, const int btf)
+/* response is the upstream socket holding the answer to the request D (dsk) forwarded,
+ * once its first byte has arrived: the peer, while it still serves D. */
+static __always_inline struct sk_state *response(struct sk_state *d, __u64 dsk)
 {
-	struct sk_state *s = sock_state(sk, btf);
-	struct sk_state *d;
+	struct sk_state *u = sock_state(d->peer);
+
+	if (u && u->peer == dsk && u->phase == FORWARDED && u->t_ready)
+		return u;
+	return 0;
+}
+
+static __always_inline void on_data_ready(const void *skp, const int btf)
+{
+	__u64 sk = sk_id(skp, btf);
+	struct sk_state *s = sock_state(sk);
 	__u64 now;
 
 	if (!s)
@@ -405,18 +486,14 @@ static __always_inline void on_data_ready(__u64 sk, const int btf)
 		if (s->phase == IDLE) {
 			if (!s->t_ready)
 				s->t_ready = now;
-		} else if (s->phase == FORWARDED && s->t_resp && !s->t_next) {
+		} else if (s->phase == FORWARDED && !s->t_next && response(s, sk)) {
 			/* The client can send its next request before our answer's send returns. */
 			s->t_next = now;
 		}
 		return;
 	}
-	if (s->phase != FORWARDED || s->t_ready)
-		return;
-	s->t_ready = now;
-	d = bpf_map_lookup_elem(&socks, &s->peer);
-	if (d && d->phase == FORWARDED && !d->t_resp)
-		d->t_resp = now;
+	if (s->phase == FORWARDED && !s->t_ready)
+		s->t_ready = now;
 }
 
 /* The protocol is read only once the task is known to be tracked: on raw_tp that read is a
@@ -433,7 +510,7 @@ static __always_inline void on_data_ready(__u64 sk, const int btf)
 		p_ = current_proc(&tid_);                                    \
 		if (!p_ || proto_of(sk) != IPPROTO_TCP)                      \
 			break;                                               \
-		on_recv(p_, tid_, (__u64)(sk), btf);                         \
+		on_recv(p_, tid_, (const struct sock___mesh *)(sk), btf);                         \
 	} while (0)
 
 #define ON_SEND(sk, proto_of, btf, ret)                                      \
@@ -445,33 +522,35 @@ static __always_inline void on_data_ready(__u64 sk, const int btf)
 		p_ = current_proc(&tid_);                                    \
 		if (!p_ || proto_of(sk) != IPPROTO_TCP)                      \
 			break;                                               \
-		on_send(p_, tid_, (__u64)(sk), btf);                         \
+		on_send(p_, tid_, (const struct sock___mesh *)(sk), btf);                         \
 	} while (0)
 
-static __always_inline void on_recv(struct tracked_proc *p, __u32 tid, __u64 sk, const int btf)
+static __always_inline void on_recv(struct tracked_proc *p, __u32 tid, const struct sock___mesh *skp, const int btf)
 {
-	struct sk_state *s, *d;
+	__u64 sk = sk_id(skp, btf);
+	struct sk_state *s;
 	struct tid_state *t;
 	__u64 now, arrival;
 
 	count(C_EVENTS);
 	now = bpf_ktime_get_ns();
-	s = bpf_map_lookup_elem(&socks, &sk);
+	s = sock_state(sk);
 	if (!s) {
 		/* A proxy's first act on an accepted connection is to read it. */
-		s = new_proxy_state(sk, p, ROLE_DOWN, btf);
+		s = new_proxy_state(skp, sk, p, ROLE_DOWN);
 		if (!s)
 			return;
 		/* Its arrival came before the socket had state: this one cannot be timed. */
 		if (s->role == ROLE_DOWN)
 			count(C_NO_ARRIVAL);
 	}
-	t = thread_state(tid);
+	t = thread_state(tid, 1);
 	arrival = s->t_queue;
 	if (arrival) {
 		observe(s->role == ROLE_DOWN ? M_QUEUE_DOWN : M_QUEUE_UP, now - arrival);
 		s->t_queue = 0;
-		begin_burst(p, t, sk, s, arrival);
+		if (queueing)
+			begin_burst(p, t, sk, s, arrival);
 	}
 	if (s->role == ROLE_DOWN) {
 		if (s->phase != IDLE)
@@ -483,21 +562,14 @@ static __always_inline void on_recv(struct tracked_proc *p, __u32 tid, __u64 sk,
 			t->pending_sk = sk;
 		return;
 	}
-	if (s->phase != FORWARDED || !s->t_ready || s->t_read)
-		return;
-	s->t_read = now;
-	d = bpf_map_lookup_elem(&socks, &s->peer);
-	if (d && d->phase == FORWARDED && !d->t_resp_read)
-		d->t_resp_read = now;
+	if (s->phase == FORWARDED && s->t_ready && !s->t_read)
+		s->t_read = now;
 }
 
 static __always_inline struct sk_state *pending_down(__u64 *cand)
 {
-	struct sk_state *d;
+	struct sk_state *d = sock_state(*cand);
 
-	if (!*cand)
-		return 0;
-	d = bpf_map_lookup_elem(&socks, cand);
 	if (d && d->role == ROLE_DOWN && d->phase == READ)
 		return d;
 	return 0;
@@ -531,31 +603,30 @@ static __always_inline void forward(struct tracked_proc *p, struct tid_state *t,
 	d->peer = sk;
 	d->phase = FORWARDED;
 	d->t_fwd = now;
-	d->t_resp = 0;
-	d->t_resp_read = 0;
 	d->t_next = 0;
 }
 
-static __always_inline void answer(struct sk_state *d, __u64 now)
+static __always_inline void answer(struct sk_state *d, __u64 dsk, __u64 now)
 {
+	struct sk_state *u = 0;
 	__u64 req, resp, req_r, resp_r;
 
-	if (d->phase == READ) {
+	if (d->phase == READ)
 		count(C_LOCAL_REPLY);
-	} else if (!d->t_resp) {
+	else if (!(u = response(d, dsk)))
 		count(C_NO_RESPONSE);
-	} else if (d->t_ready) {
+	if (u && d->t_ready) {
 		req = d->t_fwd - d->t_ready;
-		resp = now - d->t_resp;
+		resp = now - u->t_ready;
 		if (req > stale_ns || resp > stale_ns) {
 			count(C_STALE);
 		} else {
 			observe(M_REQUEST_LEG, req);
 			observe(M_RESPONSE_LEG, resp);
 			observe(M_RESIDENCY, req + resp);
-			if (d->t_resp_read) {
+			if (u->t_read) {
 				req_r = d->t_fwd - d->t_read;
-				resp_r = now - d->t_resp_read;
+				resp_r = now - u->t_read;
 				observe(M_RESIDENCY_READ, req_r + resp_r);
 			}
 			count(C_PAIRED);
@@ -565,27 +636,27 @@ static __always_inline void answer(struct sk_state *d, __u64 now)
 	/* Only an arrival after the response reached us can be the next request. */
 	d->t_ready = d->t_next;
 	d->t_next = 0;
-	d->t_resp = 0;
-	d->t_resp_read = 0;
 }
 
-static __always_inline void on_send(struct tracked_proc *p, __u32 tid, __u64 sk, const int btf)
+static __always_inline void on_send(struct tracked_proc *p, __u32 tid, const struct sock___mesh *skp, const int btf)
 {
+	__u64 sk = sk_id(skp, btf);
 	struct sk_state *s;
 	struct tid_state *t;
 	__u64 now;
 
 	count(C_EVENTS);
 	now = bpf_ktime_get_ns();
-	s = bpf_map_lookup_elem(&socks, &sk);
+	s = sock_state(sk);
 	if (!s) {
 		/* A proxy's first act on a connection it opened is to write a request. */
-		s = new_proxy_state(sk, p, ROLE_UP, btf);
+		s = new_proxy_state(skp, sk, p, ROLE_UP);
 		if (!s)
 			return;
 	}
-	t = bpf_map_lookup_elem(&tid_pending, &tid);
-	end_burst(p, t, s->role, now);
+	t = thread_state(tid, 0);
+	if (queueing)
+		end_burst(p, t, s->role, now);
 	if (s->role == ROLE_UP) {
 		/* Further writes before any response are the same request's body. */
 		if (s->phase == FORWARDED && !s->t_ready)
@@ -596,28 +667,26 @@ static __always_inline void on_send(struct tracked_proc *p, __u32 tid, __u64 sk,
 	/* Further writes of the same answer find the socket idle and are ignored: the leg ends
 	 * at the first byte written. */
 	if (s->phase != IDLE)
-		answer(s, now);
+		answer(s, sk, now);
 }
 
 /* Only the close (state to forget) and the connect (an upstream born) matter; every other
- * transition, and every task but a tracked one's connect, ends before reading the socket.
- * On tp_btf the connect is left to the first write, which gives the same role: the filter
- * hashes the ports there, and connect() picks the local port after this transition. */
+ * transition, and every task but a tracked one's connect, ends before reading the socket. */
 #define ON_STATE(sk, proto_of, btf, newstate)                                \
 	do {                                                                 \
 		struct tracked_proc *p_;                                     \
 		__u32 tid_;                                                  \
 		if ((newstate) == TCP_CLOSE) {                               \
-			forget((__u64)(sk), btf);                            \
+			forget(sk_id((sk), btf));                            \
 			break;                                               \
 		}                                                            \
-		if ((newstate) != TCP_SYN_SENT || (btf))                     \
+		if ((newstate) != TCP_SYN_SENT)                              \
 			break;                                               \
 		/* connect() runs in the proxy's task: the socket is         \
 		 * upstream from its first byte. */                          \
 		p_ = current_proc(&tid_);                                    \
 		if (p_ && proto_of(sk) == IPPROTO_TCP)                       \
-			new_proxy_state((__u64)(sk), p_, ROLE_UP, btf);      \
+			new_proxy_state((const struct sock___mesh *)(sk), sk_id((sk), btf), p_, ROLE_UP); \
 	} while (0)
 
 #define BTF 1
@@ -626,7 +695,7 @@ static __always_inline void on_send(struct tracked_proc *p, __u32 tid, __u64 sk,
 SEC("tp_btf/sk_data_ready")
 int BPF_PROG(tp_btf_sk_data_ready, const struct sock *sk)
 {
-	on_data_ready((__u64)sk, BTF);
+	on_data_ready(sk, BTF);
 	return 0;
 }
 
@@ -654,7 +723,7 @@ int BPF_PROG(tp_btf_inet_sock_set_state, const struct sock *sk, const int oldsta
 SEC("raw_tp/sk_data_ready")
 int BPF_PROG(raw_tp_sk_data_ready, const struct sock *sk)
 {
-	on_data_ready((__u64)sk, RAW);
+	on_data_ready(sk, RAW);
 	return 0;
 }
 

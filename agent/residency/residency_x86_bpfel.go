@@ -14,26 +14,26 @@ import (
 )
 
 type residencySkState struct {
-	_          structs.HostLayout
-	Peer       uint64
-	T_ready    uint64
-	T_read     uint64
-	T_fwd      uint64
-	T_resp     uint64
-	T_respRead uint64
-	T_next     uint64
-	T_queue    uint64
-	T_burst    uint64
-	Lport      uint16
-	Role       uint8
-	Phase      uint8
-	Pad        [4]uint8
+	_       structs.HostLayout
+	Peer    uint64
+	T_ready uint64
+	T_read  uint64
+	T_fwd   uint64
+	T_next  uint64
+	T_queue uint64
+	T_burst uint64
+	Lport   uint16
+	Role    uint8
+	Phase   uint8
+	Pad     [4]uint8
 }
 
 type residencyTidState struct {
 	_         structs.HostLayout
 	PendingSk uint64
 	BurstSk   [2]uint64
+	Tid       uint32
+	Pad       [36]uint8
 }
 
 type residencyTrackedProc struct {
@@ -42,6 +42,7 @@ type residencyTrackedProc struct {
 	HasPorts  uint32
 	PendingSk uint64
 	BurstSk   [2]uint64
+	Pad       [32]uint8
 }
 
 // Names of all BPF objects in the ELF.
@@ -52,9 +53,10 @@ const (
 	residencyMapHist                   = "hist"
 	residencyMapListenPorts            = "listen_ports"
 	residencyMapProcs                  = "procs"
-	residencyMapSkFilter               = "sk_filter"
+	residencyMapScratch                = "scratch"
+	residencyMapSkKeys                 = "sk_keys"
 	residencyMapSocks                  = "socks"
-	residencyMapTidPending             = "tid_pending"
+	residencyMapThreads                = "threads"
 	residencyMapTracked                = "tracked"
 	residencyProgRawTpInetSockSetState = "raw_tp_inet_sock_set_state"
 	residencyProgRawTpSkDataReady      = "raw_tp_sk_data_ready"
@@ -64,6 +66,7 @@ const (
 	residencyProgTpBtfSkDataReady      = "tp_btf_sk_data_ready"
 	residencyProgTpBtfSockRecvLength   = "tp_btf_sock_recv_length"
 	residencyProgTpBtfSockSendLength   = "tp_btf_sock_send_length"
+	residencyVarQueueing               = "queueing"
 	residencyVarStaleNs                = "stale_ns"
 )
 
@@ -127,9 +130,10 @@ type residencyMapSpecs struct {
 	Hist        *ebpf.MapSpec `ebpf:"hist"`
 	ListenPorts *ebpf.MapSpec `ebpf:"listen_ports"`
 	Procs       *ebpf.MapSpec `ebpf:"procs"`
-	SkFilter    *ebpf.MapSpec `ebpf:"sk_filter"`
+	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
+	SkKeys      *ebpf.MapSpec `ebpf:"sk_keys"`
 	Socks       *ebpf.MapSpec `ebpf:"socks"`
-	TidPending  *ebpf.MapSpec `ebpf:"tid_pending"`
+	Threads     *ebpf.MapSpec `ebpf:"threads"`
 	Tracked     *ebpf.MapSpec `ebpf:"tracked"`
 }
 
@@ -137,7 +141,8 @@ type residencyMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type residencyVariableSpecs struct {
-	StaleNs *ebpf.VariableSpec `ebpf:"stale_ns"`
+	Queueing *ebpf.VariableSpec `ebpf:"queueing"`
+	StaleNs  *ebpf.VariableSpec `ebpf:"stale_ns"`
 }
 
 // residencyObjects contains all objects after they have been loaded into the kernel.
@@ -164,9 +169,10 @@ type residencyMaps struct {
 	Hist        *ebpf.Map `ebpf:"hist"`
 	ListenPorts *ebpf.Map `ebpf:"listen_ports"`
 	Procs       *ebpf.Map `ebpf:"procs"`
-	SkFilter    *ebpf.Map `ebpf:"sk_filter"`
+	Scratch     *ebpf.Map `ebpf:"scratch"`
+	SkKeys      *ebpf.Map `ebpf:"sk_keys"`
 	Socks       *ebpf.Map `ebpf:"socks"`
-	TidPending  *ebpf.Map `ebpf:"tid_pending"`
+	Threads     *ebpf.Map `ebpf:"threads"`
 	Tracked     *ebpf.Map `ebpf:"tracked"`
 }
 
@@ -176,9 +182,10 @@ func (m *residencyMaps) Close() error {
 		m.Hist,
 		m.ListenPorts,
 		m.Procs,
-		m.SkFilter,
+		m.Scratch,
+		m.SkKeys,
 		m.Socks,
-		m.TidPending,
+		m.Threads,
 		m.Tracked,
 	)
 }
@@ -187,7 +194,8 @@ func (m *residencyMaps) Close() error {
 //
 // It can be passed to loadResidencyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type residencyVariables struct {
-	StaleNs *ebpf.Variable `ebpf:"stale_ns"`
+	Queueing *ebpf.Variable `ebpf:"queueing"`
+	StaleNs  *ebpf.Variable `ebpf:"stale_ns"`
 }
 
 // residencyPrograms contains all programs after they have been loaded into the kernel.

@@ -55,6 +55,10 @@ type Options struct {
 	// more than a rejected event of ours. So it is for diagnosis and benchmarks, and the
 	// agent's measurements leave it off.
 	RunStats bool
+	// Queueing also measures connection-level queueing (ForwardRequest, ForwardResponse),
+	// the method for loads whose requests cannot be paired with responses. It costs each of
+	// the proxy's writes another socket lookup, so HTTP/1.1 measurements leave it off.
+	Queueing bool
 }
 
 // ErrRunStatsOff is StatsErr when Options.RunStats was not asked for.
@@ -70,13 +74,15 @@ type Tracer struct {
 	links   []link.Link
 	tracked *ebpf.Map
 	// procs is tracked again, one slot per low bits of the tgid (bpf/residency.c).
-	procs   *ebpf.Map
-	ports   *ebpf.Map
-	hist    *ebpf.Map
-	counts  *ebpf.Map
-	others  []*ebpf.Map
-	stats   io.Closer
-	statErr error
+	procs  *ebpf.Map
+	ports  *ebpf.Map
+	hist   *ebpf.Map
+	counts *ebpf.Map
+	// keys and socks are the socket table: which socket each slot holds, and its state.
+	keys, socks *ebpf.Map
+	others      []*ebpf.Map
+	stats       io.Closer
+	statErr     error
 }
 
 // Start loads and attaches the residency programs written for tier and traces the proxy
@@ -119,6 +125,11 @@ func StartWith(tier ebpftier.Tier, pids []uint32, opts Options) (*Tracer, error)
 			return nil, fmt.Errorf("set stale limit: %w", err)
 		}
 	}
+	if opts.Queueing {
+		if err := spec.Variables[residencyVarQueueing].Set(uint8(1)); err != nil {
+			return nil, fmt.Errorf("turn on queueing: %w", err)
+		}
+	}
 	t := &Tracer{tier: tier, progs: map[string]*ebpf.Program{}}
 	t.statErr = ErrRunStatsOff
 	if opts.RunStats {
@@ -143,8 +154,9 @@ func StartWith(tier ebpftier.Tier, pids []uint32, opts Options) (*Tracer, error)
 	t.ports = coll.DetachMap(residencyMapListenPorts)
 	t.hist = coll.DetachMap(residencyMapHist)
 	t.counts = coll.DetachMap(residencyMapCounters)
-	t.others = []*ebpf.Map{coll.DetachMap(residencyMapSocks), coll.DetachMap(residencyMapTidPending),
-		coll.DetachMap(residencyMapSkFilter)}
+	t.keys = coll.DetachMap(residencyMapSkKeys)
+	t.socks = coll.DetachMap(residencyMapSocks)
+	t.others = []*ebpf.Map{coll.DetachMap(residencyMapThreads), coll.DetachMap(residencyMapScratch)}
 	coll.Close()
 
 	if err := t.Track(pids...); err != nil {
@@ -410,12 +422,12 @@ func (t *Tracer) Close() error {
 		errs = append(errs, p.Close())
 		delete(t.progs, name)
 	}
-	for _, m := range append([]*ebpf.Map{t.tracked, t.procs, t.ports, t.hist, t.counts}, t.others...) {
+	for _, m := range append([]*ebpf.Map{t.tracked, t.procs, t.ports, t.hist, t.counts, t.keys, t.socks}, t.others...) {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}
 	}
-	t.tracked, t.procs, t.ports, t.hist, t.counts, t.others = nil, nil, nil, nil, nil, nil
+	t.tracked, t.procs, t.ports, t.hist, t.counts, t.keys, t.socks, t.others = nil, nil, nil, nil, nil, nil, nil, nil
 	if t.stats != nil {
 		errs = append(errs, t.stats.Close())
 		t.stats = nil

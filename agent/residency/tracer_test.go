@@ -357,7 +357,7 @@ func TestResidencyMatchesProxyLog(t *testing.T) {
 		p := startProxy(t, delay, "127.0.0.1:0", up)
 		for _, tier := range []ebpftier.Tier{ebpftier.TPBTF, ebpftier.RawTP} {
 			t.Run(fmt.Sprintf("d=%v/%s", delay, tier), func(t *testing.T) {
-				tr, err := StartWith(tier, []uint32{p.pid}, Options{RunStats: true})
+				tr, err := StartWith(tier, []uint32{p.pid}, Options{RunStats: true, Queueing: true})
 				if err != nil {
 					t.Logf("%s unavailable: %v", tier, err)
 					return
@@ -562,7 +562,7 @@ func TestTracingStartsMidExchange(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("held request never reached the upstream")
 	}
-	tracer, attempts := StartAuto(ebpftier.Order, []uint32{p.pid}, Options{})
+	tracer, attempts := StartAuto(ebpftier.Order, []uint32{p.pid}, Options{Queueing: true})
 	if tracer == nil {
 		close(release)
 		t.Fatalf("no residency tier attached: %+v", attempts)
@@ -600,16 +600,7 @@ func TestTracingStartsMidExchange(t *testing.T) {
 	// downstream, its peer upstream.
 	_, portStr, _ := net.SplitHostPort(p.addr)
 	port, _ := strconv.Atoi(portStr)
-	var sk uint64
-	var st residencySkState
-	states := map[uint64]residencySkState{}
-	it := tracer.others[0].Iterate()
-	for it.Next(&sk, &st) {
-		states[sk] = st
-	}
-	if err := it.Err(); err != nil {
-		t.Fatal(err)
-	}
+	states := socketStates(t, tracer)
 	var downs int
 	for sk, st := range states {
 		if st.Lport != uint16(port) {
@@ -628,9 +619,9 @@ func TestTracingStartsMidExchange(t *testing.T) {
 	}
 }
 
-// TestStateFreedOnClose: every socket given state is forgotten at its close and its filter
-// count returned, on each tier. A socket whose close is missed keeps stale state that a new
-// socket at the same address would inherit, without the filter letting its arrivals in.
+// TestStateFreedOnClose: every socket given a slot gives it back at its close, zeroed, on
+// each tier. A socket whose close is missed keeps a slot that a new socket at the same
+// address would inherit with stale state, and the table fills.
 func TestStateFreedOnClose(t *testing.T) {
 	requireRoot(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -654,29 +645,15 @@ func TestStateFreedOnClose(t *testing.T) {
 			for range 3 {
 				drive(t, p.addr, 5)
 			}
-			left := func() (states, counts int) {
-				var sk uint64
-				var st residencySkState
-				it := tr.others[0].Iterate()
-				for it.Next(&sk, &st) {
-					states++
-				}
-				var slot, n uint32
-				it2 := tr.others[2].Iterate()
-				for it2.Next(&slot, &n) {
-					counts += int(n)
-				}
-				return states, counts
-			}
 			// The proxy closes its sides after the client's close reaches it.
 			deadline := time.Now().Add(5 * time.Second)
 			for {
-				states, counts := left()
-				if states == 0 && counts == 0 {
+				states := socketStates(t, tr)
+				if len(states) == 0 {
 					break
 				}
 				if time.Now().After(deadline) {
-					t.Fatalf("after every connection closed: %d sockets with state, filter counts summing to %d; want none", states, counts)
+					t.Fatalf("after every connection closed: %d sockets hold a slot (%+v); want none", len(states), states)
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
@@ -688,6 +665,35 @@ func TestStateFreedOnClose(t *testing.T) {
 			if snap.Counters.Paired != 12 {
 				t.Errorf("paired %d of 15 requests on 3 connections; want 12 (%+v)", snap.Counters.Paired, snap.Counters)
 			}
+			// Queueing was not asked for.
+			if n := snap.Histograms[ForwardRequest].Total() + snap.Histograms[ForwardResponse].Total(); n != 0 {
+				t.Errorf("%d connection-level queueing values without Options.Queueing; want none", n)
+			}
 		})
 	}
+}
+
+// socketStates reads the socket table: each socket holding a slot, with its state. A free
+// slot must have been zeroed when it was given back.
+func socketStates(t *testing.T, tr *Tracer) map[uint64]residencySkState {
+	t.Helper()
+	states := map[uint64]residencySkState{}
+	var slot uint32
+	var sk uint64
+	it := tr.keys.Iterate()
+	for it.Next(&slot, &sk) {
+		var st residencySkState
+		if err := tr.socks.Lookup(slot, &st); err != nil {
+			t.Fatalf("socket slot %d: %v", slot, err)
+		}
+		if sk != 0 {
+			states[sk] = st
+		} else if st != (residencySkState{}) {
+			t.Errorf("free socket slot %d holds state %+v", slot, st)
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return states
 }

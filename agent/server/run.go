@@ -512,14 +512,16 @@ func startResidency(job podJob, pids []uint32) (*residency.Tracer, string) {
 		}
 		return nil, "eBPF residency not measured: no eBPF tier attaches on this node"
 	}
+	// Pairing needs no queueing; the protocols it cannot pair need nothing else.
+	opts := residency.Options{Queueing: job.Load.Protocol != loadgen.HTTP1}
 	if job.Forced {
-		t, err := residency.Start(job.Tiers[0], pids)
+		t, err := residency.StartWith(job.Tiers[0], pids, opts)
 		if err != nil {
 			return nil, fmt.Sprintf("forced eBPF tier %s did not attach: %v", job.Tiers[0], err)
 		}
 		return t, ""
 	}
-	t, attempts := residency.StartAuto(job.Tiers, pids, residency.Options{})
+	t, attempts := residency.StartAuto(job.Tiers, pids, opts)
 	if t == nil {
 		var why []string
 		for _, at := range attempts {

@@ -34,7 +34,6 @@ enum bpf_map_type {
 	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_HASH = 5,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
-	BPF_MAP_TYPE_LRU_HASH = 9,
 	BPF_MAP_TYPE_RINGBUF = 27,
 };
 
@@ -43,6 +42,8 @@ enum {
 	BPF_NOEXIST = 1,
 	BPF_EXIST = 2,
 };
+
+#define BPF_F_MMAPABLE (1U << 10)
 
 #define IPPROTO_TCP 6
 

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * The socket fields the residency programs read beyond kernel.h's. They are declared as
+ * The socket field the residency programs read beyond kernel.h's. They are declared as
  * CO-RE flavours (the ___mesh suffix is dropped when matching the kernel's BTF), so they
  * relocate against the kernel's struct sock without redefining kernel.h's.
  */
@@ -8,10 +8,6 @@
 #define __MESH_RESIDENCY_SOCK_H__
 
 struct sock_common___mesh {
-	/* The remote and local IPv4 addresses. */
-	__u64 skc_addrpair;
-	/* The remote port, network order. */
-	__u16 skc_dport;
 	/* The local port in host byte order. */
 	__u16 skc_num;
 } __attribute__((preserve_access_index));
