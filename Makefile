@@ -33,10 +33,16 @@ test: deps
 	# the two cores with a simulated cluster starting next door.
 	$(GO) test -p 1 -count=1 -timeout 45m ./...
 
-# Measurement programs: print figures, assert nothing about speed.
+# Measurement programs: print figures, assert nothing about speed. The load generator is
+# compared with fortio (built into the cache; later releases need a module the proxy refuses)
+# and Debian's wrk.
 bench: deps
+	command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	test -x .cache/bin/fortio || GOBIN=$(CURDIR)/.cache/bin $(GO) install fortio.org/fortio@v1.66.5
 	$(GO) test -run '^$$' -bench . ./pkg/agents ./plugin
 	$(GO) run ./test/bench
+	$(GO) run ./test/loadbench
+	$(GO) run ./test/agentbench
 
 # The simulated cluster with the agent installed, and its status for every node.
 demo: deps build

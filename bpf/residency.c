@@ -510,7 +510,7 @@ static __always_inline void on_data_ready(const void *skp, const int btf)
 		p_ = current_proc(&tid_);                                    \
 		if (!p_ || proto_of(sk) != IPPROTO_TCP)                      \
 			break;                                               \
-		on_recv(p_, tid_, (const struct sock___mesh *)(sk), btf);                         \
+		on_recv(p_, tid_, (const struct sock___mesh *)(sk), btf);    \
 	} while (0)
 
 #define ON_SEND(sk, proto_of, btf, ret)                                      \
@@ -522,7 +522,7 @@ static __always_inline void on_data_ready(const void *skp, const int btf)
 		p_ = current_proc(&tid_);                                    \
 		if (!p_ || proto_of(sk) != IPPROTO_TCP)                      \
 			break;                                               \
-		on_send(p_, tid_, (const struct sock___mesh *)(sk), btf);                         \
+		on_send(p_, tid_, (const struct sock___mesh *)(sk), btf);    \
 	} while (0)
 
 static __always_inline void on_recv(struct tracked_proc *p, __u32 tid, const struct sock___mesh *skp, const int btf)
@@ -686,7 +686,8 @@ static __always_inline void on_send(struct tracked_proc *p, __u32 tid, const str
 		 * upstream from its first byte. */                          \
 		p_ = current_proc(&tid_);                                    \
 		if (p_ && proto_of(sk) == IPPROTO_TCP)                       \
-			new_proxy_state((const struct sock___mesh *)(sk), sk_id((sk), btf), p_, ROLE_UP); \
+			new_proxy_state((const struct sock___mesh *)(sk),    \
+					sk_id((sk), btf), p_, ROLE_UP);      \
 	} while (0)
 
 #define BTF 1
