@@ -70,7 +70,9 @@ type roundResult struct {
 // which cancels a linear drift within each quartet, and the figure is the mean over quartets
 // with its bootstrap interval.
 // The same rounds also give the exchange's CPU time per request (its own processes only), a
-// cost that moves less with the neighbours than the rate does.
+// cost that moves less with the neighbours than the rate does. Swings faster than a round
+// survive all that, so a twin proxy is also loaded side by side with the first, each traced
+// in turn (measureSideBySide), and the swings then hit both at once.
 //
 // The tracing rounds run the tracer as the agent does, without the kernel's run-time
 // accounting, which would slow every BPF program on the node. Separate rounds turn it on to
