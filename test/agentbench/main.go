@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/kubectl-mesh/kubectl-mesh/pkg/loadgen"
 )
 
 // row is one line of the result table.
@@ -36,8 +38,22 @@ func main() {
 	conns := flag.Int("connections", 16, "closed-loop connections")
 	skipIdle := flag.Bool("skip-idle", false, "skip the agent idle measurement")
 	skipProxy := flag.Bool("skip-proxy", false, "skip the tracing-overhead measurement")
+	child := flag.String(loadChild, "", "internal: run one load against this address and print its counts")
 	flag.Parse()
 
+	if *child != "" {
+		load := loadgen.Options{Target: *child, Protocol: loadgen.HTTP1, Connections: *conns, Duration: *roundLen}
+		if err := runLoadChild(context.Background(), load); err != nil {
+			fmt.Fprintln(os.Stderr, "agentbench load process:", err)
+			os.Exit(1)
+		}
+		return
+	}
+
+	if !*skipProxy && (*rounds < 2 || *pairs < 1 || *roundLen <= 0) {
+		fmt.Fprintln(os.Stderr, "agentbench: the tracing measurement needs -rounds ≥ 2 (one ABBA quartet), -pairs ≥ 1 and a positive -round")
+		os.Exit(2)
+	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "agentbench: needs root (cgroups, eBPF)")
 		os.Exit(2)

@@ -71,7 +71,7 @@ type roundResult struct {
 // with its bootstrap interval.
 // The same rounds also give the exchange's CPU time per request (its own processes only), a
 // cost that moves less with the neighbours than the rate does. Swings faster than a round
-// survive all that, so a twin proxy is also loaded side by side with the first, each traced
+// survive all that, so a twin chain is also loaded side by side with the first, each traced
 // in turn (measureSideBySide), and the swings then hit both at once.
 //
 // The tracing rounds run the tracer as the agent does, without the kernel's run-time
@@ -89,74 +89,19 @@ func measureTracing(ctx context.Context, cfg tracingConfig) (rows []row, err err
 	if err != nil {
 		return nil, errors.New("nginx not found; install Debian's: apt-get install nginx")
 	}
-	upPort, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	proxyPort, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	upstream := fmt.Sprintf(`
-  server {
-    listen 127.0.0.1:%d;
-    location / { return 200 "ok\n"; }
-  }`, upPort)
-	up, err := startNginx(ctx, &cl, nginx, upstream, upPort)
-	if err != nil {
-		return nil, err
-	}
-	proxy := `
-  upstream app {
-    server 127.0.0.1:%d;
-    keepalive 64;
-  }
-  server {
-    listen 127.0.0.1:%d;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }`
-	// The second proxy is the untraced twin of the side-by-side rounds.
+	// Two identical chains, each an upstream and a proxy in front of it: the sequential
+	// rounds load the first; the side-by-side rounds load both at once.
 	var chains [2]chain
-	var px []int
 	for i := range chains {
-		port := proxyPort
-		if i == 1 {
-			if port, err = freePort(); err != nil {
-				return nil, err
-			}
-		}
-		pp, err := startNginx(ctx, &cl, nginx, fmt.Sprintf(proxy, upPort, port), port)
+		c, err := startChain(ctx, &cl, nginx, cfg)
 		if err != nil {
 			return nil, err
 		}
-		logf("proxy nginx %c %v on :%d", 'A'+i, pp, port)
-		for _, p := range pp {
-			chains[i].pids = append(chains[i].pids, uint32(p))
-		}
-		chains[i].load = loadgen.Options{
-			Target:      fmt.Sprintf("127.0.0.1:%d", port),
-			Protocol:    loadgen.HTTP1,
-			Connections: cfg.connections,
-			Duration:    cfg.round,
-		}
-		// No warm-up inside rounds: the BPF and CPU windows span the whole round, so its
-		// request count must too. The connections and the nginx are warmed once here instead.
-		warm := chains[i].load
-		warm.Duration = time.Second
-		if _, err := loadgen.Run(ctx, warm); err != nil {
-			return nil, fmt.Errorf("warm-up: %w", err)
-		}
-		if i == 0 {
-			px = pp
-		}
+		logf("chain %c: upstream nginx %v, proxy nginx %v on %s", 'A'+i, c.upstream, c.proxy, c.load.Target)
+		chains[i] = c
 	}
-	logf("upstream nginx %v on :%d", up, upPort)
-	pids := chains[0].pids
-	parts := append(append([]int{os.Getpid()}, up...), px...)
+	pids := chains[0].pids()
+	parts := append(append([]int{os.Getpid()}, chains[0].upstream...), chains[0].proxy...)
 	load := chains[0].load
 	round := func(m mode) (roundResult, error) {
 		r, err := runRound(ctx, load, m, pids, parts)
@@ -283,10 +228,10 @@ func measureTracing(ctx context.Context, cfg tracingConfig) (rows []row, err err
 	rows = append(rows,
 		row{"BPF run time per request (tracked events/req × (tracked + rejected))", fmt.Sprintf("%.0f ns", perReq), "-", ""},
 		row{"throughput ratio expected from it: CPU/(CPU + BPF), accounting floor included", fmt.Sprintf("%.3f×", est), "≥ 0.97×", verdict(est >= 0.97)},
-		ratioRow(fmt.Sprintf("throughput ratio traced ÷ untraced, two proxies side by side (mean of %d pairs)", len(side)), side),
+		ratioRow(fmt.Sprintf("throughput ratio traced ÷ untraced, two chains side by side (mean of %d pairs)", len(side)), side),
 	)
 	// Tracing on against off is the side-by-side ratio times what rejecting its events costs
-	// the untraced proxy: every program run on its exchange is a rejection. That cost is
+	// the untraced chain: every program run on its exchange is a rejection. That cost is
 	// bracketed by the rejected runs' time with and without the accounting's floor.
 	if len(side) > 0 {
 		sideMean, sideLo, sideHi := meanInterval(side)
@@ -300,6 +245,58 @@ func measureTracing(ctx context.Context, cfg tracingConfig) (rows []row, err err
 			fmt.Sprintf("%.3f–%.3f× (interval %.3f–%.3f)", sideMean*low, sideMean*high, sideLo*low, sideHi*high), "≥ 0.97×", verdict(sideMean*low >= 0.97)})
 	}
 	return rows, nil
+}
+
+// startChain starts an upstream nginx and a reverse proxy nginx in front of it, and warms
+// both with a second of load.
+func startChain(ctx context.Context, cl *cleanups, nginx string, cfg tracingConfig) (chain, error) {
+	var c chain
+	upPort, err := freePort()
+	if err != nil {
+		return c, err
+	}
+	upstream := fmt.Sprintf(`
+  server {
+    listen 127.0.0.1:%d;
+    location / { return 200 "ok\n"; }
+  }`, upPort)
+	if c.upstream, err = startNginx(ctx, cl, nginx, upstream, upPort); err != nil {
+		return c, err
+	}
+	proxyPort, err := freePort()
+	if err != nil {
+		return c, err
+	}
+	proxy := fmt.Sprintf(`
+  upstream app {
+    server 127.0.0.1:%d;
+    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:%d;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }`, upPort, proxyPort)
+	if c.proxy, err = startNginx(ctx, cl, nginx, proxy, proxyPort); err != nil {
+		return c, err
+	}
+	c.load = loadgen.Options{
+		Target:      fmt.Sprintf("127.0.0.1:%d", proxyPort),
+		Protocol:    loadgen.HTTP1,
+		Connections: cfg.connections,
+		Duration:    cfg.round,
+	}
+	// No warm-up inside rounds: the BPF and CPU windows span the whole round, so its request
+	// count must too. The connections and both nginx are warmed once here instead.
+	warm := c.load
+	warm.Duration = time.Second
+	if _, err := loadgen.Run(ctx, warm); err != nil {
+		return c, fmt.Errorf("warm-up: %w", err)
+	}
+	return c, nil
 }
 
 func sumRequests(rs []roundResult) uint64 {
