@@ -9,7 +9,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -265,13 +264,8 @@ func (l *h1Loop) run() {
 	every := int64(l.o.Timeout / 10)
 	nextCheck := t + every
 	for l.active > 0 && !l.stopped.Load() {
-		// Under load a response is nearly always ready by the time the batch before is
-		// handled: look without blocking first, which keeps the loop's P.
-		n, err := pollNow(l.epfd, l.events)
-		if n == 0 && err == nil {
-			waitMs := int((nextCheck-l.now())/1e6) + 1
-			n, err = unix.EpollWait(l.epfd, l.events, max(waitMs, 0))
-		}
+		waitMs := int((nextCheck-l.now())/1e6) + 1
+		n, err := unix.EpollWait(l.epfd, l.events, max(waitMs, 0))
 		if err != nil && err != unix.EINTR {
 			l.failAll(os.NewSyscallError("epoll_wait", err))
 			return
@@ -335,7 +329,7 @@ func (l *h1Loop) send(c *loopConn, t int64) {
 
 func (l *h1Loop) write(c *loopConn) {
 	for c.off < len(l.req) {
-		n, err := rawWrite(c.fd, l.req[c.off:])
+		n, err := unix.Write(c.fd, l.req[c.off:])
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -367,7 +361,7 @@ func (l *h1Loop) write(c *loopConn) {
 
 func (l *h1Loop) read(c *loopConn) {
 	for {
-		n, err := rawRead(c.fd, l.buf)
+		n, err := unix.Read(c.fd, l.buf)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -536,30 +530,4 @@ func (l *h1Loop) shutdown() {
 		unix.Close(l.wakefd)
 		l.wakefd = -1
 	}
-}
-
-// pollNow, rawRead and rawWrite are system calls that cannot block (a zero timeout, a
-// non-blocking socket), made raw: without telling the Go scheduler, which would otherwise
-// get ready to hand the loop's P to another thread and take it back, some 100 ns a call
-// and three or more calls a request.
-func pollNow(epfd int, events []unix.EpollEvent) (int, error) {
-	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-	return rawResult(n, e)
-}
-
-func rawRead(fd int, b []byte) (int, error) {
-	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-	return rawResult(n, e)
-}
-
-func rawWrite(fd int, b []byte) (int, error) {
-	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-	return rawResult(n, e)
-}
-
-func rawResult(n uintptr, e unix.Errno) (int, error) {
-	if e != 0 {
-		return -1, e
-	}
-	return int(n), nil
 }
