@@ -127,9 +127,8 @@ func detach(c net.Conn) (int, error) {
 // a system call holding its P; with every P held so, sysmon takes one back each 20 µs tick
 // and the loop must win a P again on each return, so on 2 cores two loops spend about
 // 16 µs of CPU per request where one spends 12.5 (wrk: 13.5). But one loop serialises the
-// generator's side of every connection, and on a quiet machine it reached 0.78× wrk's rate
-// and 0.95× fortio's against 0.80× and 1.05× for two (median of 7 interleaved rounds;
-// under load from elsewhere the two were within noise). Parking the loops in Go's
+// generator's side of every connection, and on a quiet machine it reached a lower rate than
+// two (under load from elsewhere the two were within noise). Parking the loops in Go's
 // netpoller instead (the epoll fd wrapped in an os.File) holds no P but cost as much CPU
 // for no better rate.
 func loopCount(procs int) int {
@@ -264,8 +263,11 @@ func (l *h1Loop) run() {
 	every := int64(l.o.Timeout / 10)
 	nextCheck := t + every
 	for l.active > 0 && !l.stopped.Load() {
-		waitMs := int((nextCheck-l.now())/1e6) + 1
-		n, err := unix.EpollWait(l.epfd, l.events, max(waitMs, 0))
+		n, err := l.spinPoll()
+		if n == 0 && err == nil {
+			waitMs := int((nextCheck-l.now())/1e6) + 1
+			n, err = unix.EpollWait(l.epfd, l.events, max(waitMs, 0))
+		}
 		if err != nil && err != unix.EINTR {
 			l.failAll(os.NewSyscallError("epoll_wait", err))
 			return
@@ -529,5 +531,27 @@ func (l *h1Loop) shutdown() {
 	if l.wakefd >= 0 {
 		unix.Close(l.wakefd)
 		l.wakefd = -1
+	}
+}
+
+// spinWait is how long a loop polls without blocking before it sleeps in epoll_wait. A
+// response that finds the loop asleep must wake it, and on loopback the server pays for
+// that wake-up in its write. Blocking at once, as wrk does, cost nginx about 3 µs more CPU
+// per request here than fortio's clients did (Go's scheduler spins before it sleeps), and
+// put the generator below fortio's rate; polling for 5 µs first took it from 0.87–0.93×
+// fortio's rate to 1.3× (go run ./test/loadbench, medians of interleaved rounds). At a low
+// rate the cost is at most 5 µs of CPU per wait.
+const spinWait = 5_000 // ns
+
+// spinPoll polls the loop's epoll set without blocking until it has events or spinWait has
+// passed, letting the loop's other goroutines run in between.
+func (l *h1Loop) spinPoll() (int, error) {
+	until := l.now() + spinWait
+	for {
+		n, err := unix.EpollWait(l.epfd, l.events, 0)
+		if n != 0 || err != nil || l.now() >= until {
+			return n, err
+		}
+		runtime.Gosched()
 	}
 }
