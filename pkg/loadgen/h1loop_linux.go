@@ -536,11 +536,11 @@ func (l *h1Loop) shutdown() {
 
 // spinWait is how long a loop polls without blocking before it sleeps in epoll_wait. A
 // response that finds the loop asleep must wake it, and on loopback the server pays for
-// that wake-up in its write. Blocking at once, as wrk does, cost nginx about 3 µs more CPU
-// per request here than fortio's clients did (Go's scheduler spins before it sleeps), and
-// put the generator below fortio's rate; polling for 5 µs first took it from 0.87–0.93×
-// fortio's rate to 1.3× (go run ./test/loadbench, medians of interleaved rounds). At a low
-// rate the cost is at most 5 µs of CPU per wait.
+// that wake-up in its write. Blocking at once cost nginx about 3 µs more CPU per request on
+// these connections than on fortio's (Go's scheduler spins before it sleeps) and kept the
+// generator below fortio's rate; polling for 5 µs first took it from 0.87–0.93× fortio's
+// rate to 1.3× (go run ./test/loadbench, medians of interleaved rounds). At a low rate the
+// cost is at most 5 µs of CPU per wait.
 const spinWait = 5_000 // ns
 
 // spinPoll polls the loop's epoll set without blocking until it has events or spinWait has
