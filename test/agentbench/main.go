@@ -33,7 +33,7 @@ func main() {
 	scrapeEvery := flag.Duration("scrape-every", 10*time.Second, "Prometheus scrape interval during the idle window")
 	sidecars := flag.Int("sidecars", 10, "sidecars the agent tracks during the idle window")
 	rounds := flag.Int("rounds", 8, "load rounds with tracing on and as many with it off (in ABBA order)")
-	pairs := flag.Int("pairs", 12, "pairs of rounds with two proxies loaded side by side, each traced in turn")
+	pairs := flag.Int("pairs", 12, "pairs of rounds with two chains (upstream, proxy, load process) loaded side by side, each traced in turn")
 	roundLen := flag.Duration("round", 5*time.Second, "length of each load round")
 	conns := flag.Int("connections", 16, "closed-loop connections")
 	skipIdle := flag.Bool("skip-idle", false, "skip the agent idle measurement")
