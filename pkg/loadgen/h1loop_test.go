@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,65 +26,43 @@ type rawHTTP struct {
 
 func (s rawHTTP) serve(t *testing.T) string {
 	t.Helper()
-	l := listen(t)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
 	done := make(chan struct{})
-	t.Cleanup(func() {
-		close(done)
-		l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for accepted := 1; ; accepted++ {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			if s.refuseAfter > 0 && accepted >= s.refuseAfter {
+	var refuse func(int, net.Listener)
+	if s.refuseAfter > 0 {
+		refuse = func(accepted int, l net.Listener) {
+			if accepted >= s.refuseAfter {
 				l.Close()
 			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for n := 1; ; n++ {
-					for { // up to the end of the request's headers
-						line, err := br.ReadSlice('\n')
-						if err != nil {
-							return
-						}
-						if len(bytes.TrimSpace(line)) == 0 {
-							break
-						}
-					}
-					if s.hold {
-						<-done
-						return
-					}
-					if _, err := io.WriteString(c, s.response); err != nil {
-						return
-					}
-					if s.closeAfter > 0 && n == s.closeAfter {
-						return
-					}
-				}
-			}()
 		}
-	}()
-	return l.Addr().String()
+	}
+	addr := serveConns(t, refuse, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for n := 1; ; n++ {
+			for { // up to the end of the request's headers
+				line, err := br.ReadSlice('\n')
+				if err != nil {
+					return
+				}
+				if len(bytes.TrimSpace(line)) == 0 {
+					break
+				}
+			}
+			if s.hold {
+				<-done
+				return
+			}
+			if _, err := io.WriteString(c, s.response); err != nil {
+				return
+			}
+			if s.closeAfter > 0 && n == s.closeAfter {
+				return
+			}
+		}
+	})
+	// Registered after serveConns's, so it runs first: held handlers return before the
+	// connections are waited for.
+	t.Cleanup(func() { close(done) })
+	return addr
 }
 
 const okResponse = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"

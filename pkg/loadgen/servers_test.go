@@ -59,6 +59,15 @@ func serveGRPC(t *testing.T, opts ...grpc.ServerOption) string {
 // serveTCPEcho echoes every connection back to itself.
 func serveTCPEcho(t *testing.T) string {
 	t.Helper()
+	return serveConns(t, nil, func(c net.Conn) { io.Copy(c, c) })
+}
+
+// serveConns accepts connections on a loopback listener and runs handle on each in a
+// goroutine of its own, closing the connection after. onAccept, when set, is told of each
+// connection as it is accepted, with the count so far, before handle starts. When the test
+// ends the listener and every connection are closed, and the goroutines waited for.
+func serveConns(t *testing.T, onAccept func(accepted int, l net.Listener), handle func(c net.Conn)) string {
+	t.Helper()
 	l := listen(t)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -75,10 +84,13 @@ func serveTCPEcho(t *testing.T) string {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for {
+		for accepted := 1; ; accepted++ {
 			c, err := l.Accept()
 			if err != nil {
 				return
+			}
+			if onAccept != nil {
+				onAccept(accepted, l)
 			}
 			mu.Lock()
 			conns = append(conns, c)
@@ -87,7 +99,7 @@ func serveTCPEcho(t *testing.T) string {
 			go func() {
 				defer wg.Done()
 				defer c.Close()
-				io.Copy(c, c)
+				handle(c)
 			}()
 		}
 	}()

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/kubectl-mesh/kubectl-mesh/agent/ebpftier"
+	"github.com/kubectl-mesh/kubectl-mesh/agent/netns/podtest"
 	"github.com/kubectl-mesh/kubectl-mesh/agent/residency"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/loadgen"
 )
@@ -434,7 +435,7 @@ http {
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	cl.add(func() error {
-		workers := childPIDs(master)
+		workers := podtest.ChildPIDs(master)
 		_ = syscall.Kill(master, syscall.SIGTERM)
 		select {
 		case <-exited:
@@ -454,7 +455,7 @@ http {
 		resp, err := http.Get(url)
 		if err == nil {
 			resp.Body.Close()
-			if w := childPIDs(master); resp.StatusCode == http.StatusOK && len(w) > 0 {
+			if w := podtest.ChildPIDs(master); resp.StatusCode == http.StatusOK && len(w) > 0 {
 				return append([]int{master}, w...), nil
 			}
 		}
@@ -470,17 +471,6 @@ http {
 			return nil, err
 		}
 	}
-}
-
-func childPIDs(pid int) []int {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-	var out []int
-	for _, f := range strings.Fields(string(b)) {
-		if n, err := strconv.Atoi(f); err == nil {
-			out = append(out, n)
-		}
-	}
-	return out
 }
 
 // cpuPerRequest is the machine's busy CPU time per request over the round, in µs.
