@@ -2,46 +2,51 @@
 
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * Per-request residency inside a proxy process, from the sock tracepoints alone.
+ * Per-request residency inside a proxy process, from the socket and TCP tracepoints.
  *
  * For one HTTP/1.1 exchange through a proxy with a downstream socket D (client -> proxy)
  * and an upstream socket U (proxy -> server):
  *
- *   sk_data_ready(D)  request arrives          t_ready
- *   recv(D)           proxy reads it           t_read
- *   send(U)           proxy forwards it        t_fwd       request leg  = t_fwd - t_ready
- *   sk_data_ready(U)  response arrives         t_resp
- *   recv(U)           proxy reads it           t_resp_read
- *   send(D)           proxy answers            now         response leg = now - t_resp
+ *   read(D)   proxy reads the request, which arrived at    t_ready   (read at t_read)
+ *   send(U)   proxy forwards it                            t_fwd     request leg  = t_fwd - t_ready
+ *   read(U)   proxy reads the response, which arrived at   t_ready   (read at t_read)
+ *   send(D)   proxy answers                                now       response leg = now - t_ready(U)
  *
- * Each socket keeps the times of its own events (t_resp and t_resp_read are U's arrival and
- * read), so an event touches one socket's state, and the answer on D alone looks at its
- * peer: one line of state per socket, written on the CPU of the event and read on the next.
+ * A read is tcp_rcv_space_adjust, which TCP runs as the application copies data out, before
+ * it refreshes the socket's clock (tcp_clock_cache): at that moment the clock still says when
+ * the socket last received a segment, which is when the message arrived. No hook has to run
+ * at the arrival itself, in the sender's softirq on another CPU, so only the proxy's own
+ * tasks touch its sockets' state, and a request costs the tracer four tracked events. The
+ * clock is also moved by a transmit on the same socket: between a message's arrival and its
+ * read there is none in HTTP/1.1, where the peer waits for the answer.
+ *
+ * Each socket keeps the times of its own events (U holds the response's arrival and read),
+ * and the answer on D alone looks at its peer: one line of state per socket.
  *
  * residency = request leg + response leg: the time the exchange spent inside the proxy,
  * excluding the upstream's own time. The read-based variant starts each leg at the proxy's
  * first read instead of the arrival; the difference is the socket queueing (wake-up) time,
  * which is also kept on its own per socket.
  *
- * sk_data_ready runs in softirq context (on loopback: the sender's task), so it is keyed by
- * the socket and never by the current pid; only sockets the tracked proxies have read or
- * written carry state. A socket is downstream when its local port is one the proxies
- * listen on (userspace fills listen_ports), else upstream; for a process whose ports are
- * not known, its first act on the socket decides (a read: accepted; a write: connected).
- * The same logic is compiled for tp_btf and for raw_tp.
+ * A socket is downstream when its local port is one the proxies listen on (userspace fills
+ * listen_ports), else upstream; for a process whose ports are not known, its first act on
+ * the socket decides (a read: accepted; a write: connected). The same logic is compiled for
+ * tp_btf and for raw_tp.
  *
  * Connection-level queueing, the fallback where requests and responses cannot be paired:
  * a burst starts when the proxy reads data that arrived on one side (downstream or
  * upstream) and ends at the proxy's next write on the other side; arrival -> that write is
  * recorded per direction (M_FORWARD_REQUEST, M_FORWARD_RESPONSE). It needs no framing, so it
- * holds for HTTP/2, gRPC and opaque TCP alike.
+ * holds for HTTP/2, gRPC and opaque TCP alike. There the proxy writes on a socket while data
+ * waits on it, which moves the socket's clock, so arrivals are taken from sk_data_ready,
+ * which then runs too (on the sockets' softirq, keyed by the socket, never by the pid).
  *
- * Cost: the hooks fire for every socket on the node, most of them not a tracked proxy's.
- * Those runs must end after a load or two: the task's tgid is checked in an array indexed by
- * its low bits, and a socket is looked for in the two slots of a direct-mapped table its
- * address selects, whose keys share one cache line. Every lookup is an array load the JIT
- * inlines: a hash map's bucket walk and its extra cache lines cost a tracked proxy's events
- * more than the rest of their work together.
+ * Cost: the hooks fire for every TCP socket on the node (sock_send_length for every socket),
+ * most of them not a tracked proxy's. Those runs must end after a load or two: the task's
+ * tgid is checked in an array indexed by its low bits, and a socket is looked for in the two
+ * slots of a direct-mapped table its address selects, whose keys share one cache line. Every
+ * lookup is an array load the JIT inlines: a hash map's bucket walk and its extra cache lines
+ * cost a tracked proxy's events more than the rest of their work together.
  */
 #include "kernel.h"
 #include "residency_sock.h"
@@ -51,7 +56,6 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-#define MSG_PEEK 2
 #define TCP_SYN_SENT 2
 #define TCP_CLOSE 7
 
@@ -77,13 +81,12 @@ enum metric {
 enum counter {
 	C_EVENTS = 0,         /* events from tracked proxies or on their sockets */
 	C_PAIRED = 1,         /* exchanges emitted into the residency histograms */
-	C_NO_ARRIVAL = 2,     /* request read on a socket first seen at that read */
-	C_NO_RESPONSE = 3,    /* downstream write with no upstream arrival seen */
-	C_LOCAL_REPLY = 4,    /* downstream write answering a request never forwarded */
-	C_UNPAIRED_FWD = 5,   /* upstream write with no pending downstream request */
-	C_STALE = 6,          /* legs or bursts longer than stale_ns, not emitted */
-	C_STATE_FULL = 7,     /* socket state could not be stored */
-	COUNTERS = 8,
+	C_NO_RESPONSE = 2,    /* downstream write with no upstream arrival seen */
+	C_LOCAL_REPLY = 3,    /* downstream write answering a request never forwarded */
+	C_UNPAIRED_FWD = 4,   /* upstream write with no pending downstream request */
+	C_STALE = 5,          /* legs or bursts longer than stale_ns, not emitted */
+	C_STATE_FULL = 6,     /* socket state could not be stored */
+	COUNTERS = 7,
 };
 
 enum role { ROLE_DOWN = 1, ROLE_UP = 2 };
@@ -126,13 +129,12 @@ struct sk_state {
 	__u64 t_ready;     /* D: request arrival; U: response arrival */
 	__u64 t_read;      /* D: first read of the request; U: first read of the response */
 	__u64 t_fwd;       /* D: forward to upstream */
-	__u64 t_next;      /* D: next request's arrival, seen before our answer's tracepoint */
-	__u64 t_queue;     /* arrival not yet read, for the queueing histograms */
+	__u64 t_queue;     /* arrival not yet read, from sk_data_ready (queueing only) */
 	__u64 t_burst;     /* arrival of the first data read since the last forward of it */
 	__u16 lport;       /* local port, host order: what the role was decided by */
 	__u8 role;
 	__u8 phase;
-	__u8 pad[4];
+	__u8 pad[12];
 };
 
 _Static_assert(sizeof(struct sk_state) == 64, "a socket's state is one cache line");
@@ -310,6 +312,20 @@ static __always_inline __u64 sk_id(const void *sk, const int btf)
 	return *(volatile __u64 *)v;
 }
 
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
+/* tcp_clock is the socket's TCP clock (see the header). On tp_btf the cast compiles to a
+ * plain load; raw_tp reads it with a helper. */
+static __always_inline __u64 tcp_clock(const void *sk, const int btf)
+{
+	const struct tcp_sock___mesh *tp;
+
+	if (!btf)
+		return BPF_CORE_READ((const struct tcp_sock___mesh *)sk, tcp_clock_cache);
+	tp = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct tcp_sock___mesh));
+	return tp->tcp_clock_cache;
+}
+
 /* sk_pair is the first of the two slots a socket may live in. Fibonacci hashing: slab
  * addresses share their low bits. */
 static __always_inline __u32 sk_pair(__u64 id)
@@ -470,48 +486,35 @@ static __always_inline struct sk_state *response(struct sk_state *d, __u64 dsk)
 	return 0;
 }
 
+/* on_data_ready notes when data arrived on a proxy's socket that it has not read yet: the
+ * arrivals of connection-level queueing, which runs this hook. The receive path has just
+ * refreshed the socket's clock. */
 static __always_inline void on_data_ready(const void *skp, const int btf)
 {
 	__u64 sk = sk_id(skp, btf);
 	struct sk_state *s = sock_state(sk);
-	__u64 now;
 
 	if (!s)
 		return;
 	count(C_EVENTS);
-	now = bpf_ktime_get_ns();
 	if (!s->t_queue)
-		s->t_queue = now;
-	if (s->role == ROLE_DOWN) {
-		if (s->phase == IDLE) {
-			if (!s->t_ready)
-				s->t_ready = now;
-		} else if (s->phase == FORWARDED && !s->t_next && response(s, sk)) {
-			/* The client can send its next request before our answer's send returns. */
-			s->t_next = now;
-		}
-		return;
-	}
-	if (s->phase == FORWARDED && !s->t_ready)
-		s->t_ready = now;
+		s->t_queue = tcp_clock(skp, btf);
 }
+
+/* A read's socket is TCP by the tracepoint's nature. */
+#define ON_READ(sk, btf)                                                     \
+	do {                                                                 \
+		struct tracked_proc *p_;                                     \
+		__u32 tid_;                                                  \
+		p_ = current_proc(&tid_);                                    \
+		if (p_)                                                      \
+			on_read(p_, tid_, (const struct sock___mesh *)(sk), btf); \
+	} while (0)
 
 /* The protocol is read only once the task is known to be tracked: on raw_tp that read is a
  * helper call. */
 #define SK_PROTOCOL_BTF(sk) ((sk)->sk_protocol)
 #define SK_PROTOCOL_CORE(sk) BPF_CORE_READ((sk), sk_protocol)
-
-#define ON_RECV(sk, proto_of, btf, ret, flags)                                  \
-	do {                                                                 \
-		struct tracked_proc *p_;                                     \
-		__u32 tid_;                                                  \
-		if ((ret) <= 0 || ((flags) & MSG_PEEK))                      \
-			break;                                               \
-		p_ = current_proc(&tid_);                                    \
-		if (!p_ || proto_of(sk) != IPPROTO_TCP)                      \
-			break;                                               \
-		on_recv(p_, tid_, (const struct sock___mesh *)(sk), btf);    \
-	} while (0)
 
 #define ON_SEND(sk, proto_of, btf, ret)                                      \
 	do {                                                                 \
@@ -525,9 +528,14 @@ static __always_inline void on_data_ready(const void *skp, const int btf)
 		on_send(p_, tid_, (const struct sock___mesh *)(sk), btf);    \
 	} while (0)
 
-static __always_inline void on_recv(struct tracked_proc *p, __u32 tid, const struct sock___mesh *skp, const int btf)
+/* on_read runs as the proxy copies data out of socket sk, once per buffer copied. A
+ * message's first read takes its arrival: sk_data_ready's where that runs, else the TCP
+ * clock, which this copy has not refreshed yet. A later read of the same message finds the
+ * socket past that phase and is ignored. */
+static __always_inline void on_read(struct tracked_proc *p, __u32 tid, const struct sock___mesh *skp, const int btf)
 {
 	__u64 sk = sk_id(skp, btf);
+	__u64 clock = tcp_clock(skp, btf);
 	struct sk_state *s;
 	struct tid_state *t;
 	__u64 now, arrival;
@@ -540,15 +548,12 @@ static __always_inline void on_recv(struct tracked_proc *p, __u32 tid, const str
 		s = new_proxy_state(skp, sk, p, ROLE_DOWN);
 		if (!s)
 			return;
-		/* Its arrival came before the socket had state: this one cannot be timed. */
-		if (s->role == ROLE_DOWN)
-			count(C_NO_ARRIVAL);
 	}
 	t = thread_state(tid, 1);
 	arrival = s->t_queue;
 	if (arrival) {
-		observe(s->role == ROLE_DOWN ? M_QUEUE_DOWN : M_QUEUE_UP, now - arrival);
 		s->t_queue = 0;
+		observe(s->role == ROLE_DOWN ? M_QUEUE_DOWN : M_QUEUE_UP, now - arrival);
 		if (queueing)
 			begin_burst(p, t, sk, s, arrival);
 	}
@@ -556,14 +561,19 @@ static __always_inline void on_recv(struct tracked_proc *p, __u32 tid, const str
 		if (s->phase != IDLE)
 			return;
 		s->phase = READ;
-		s->t_read = now;
 		p->pending_sk = sk;
 		if (t)
 			t->pending_sk = sk;
+	} else if (s->phase != FORWARDED || s->t_ready) {
 		return;
 	}
-	if (s->phase == FORWARDED && s->t_ready && !s->t_read)
-		s->t_read = now;
+	if (!arrival) {
+		/* The two clocks are one (CLOCK_MONOTONIC) read two ways. */
+		arrival = clock < now ? clock : now;
+		observe(s->role == ROLE_DOWN ? M_QUEUE_DOWN : M_QUEUE_UP, now - arrival);
+	}
+	s->t_ready = arrival;
+	s->t_read = now;
 }
 
 static __always_inline struct sk_state *pending_down(__u64 *cand)
@@ -603,7 +613,6 @@ static __always_inline void forward(struct tracked_proc *p, struct tid_state *t,
 	d->peer = sk;
 	d->phase = FORWARDED;
 	d->t_fwd = now;
-	d->t_next = 0;
 }
 
 static __always_inline void answer(struct sk_state *d, __u64 dsk, __u64 now)
@@ -633,9 +642,7 @@ static __always_inline void answer(struct sk_state *d, __u64 dsk, __u64 now)
 		}
 	}
 	d->phase = IDLE;
-	/* Only an arrival after the response reached us can be the next request. */
-	d->t_ready = d->t_next;
-	d->t_next = 0;
+	d->t_ready = 0;
 }
 
 static __always_inline void on_send(struct tracked_proc *p, __u32 tid, const struct sock___mesh *skp, const int btf)
@@ -700,10 +707,10 @@ int BPF_PROG(tp_btf_sk_data_ready, const struct sock *sk)
 	return 0;
 }
 
-SEC("tp_btf/sock_recv_length")
-int BPF_PROG(tp_btf_sock_recv_length, struct sock *sk, int ret, int flags)
+SEC("tp_btf/tcp_rcv_space_adjust")
+int BPF_PROG(tp_btf_tcp_rcv_space_adjust, struct sock *sk)
 {
-	ON_RECV(sk, SK_PROTOCOL_BTF, BTF, ret, flags);
+	ON_READ(sk, BTF);
 	return 0;
 }
 
@@ -728,10 +735,10 @@ int BPF_PROG(raw_tp_sk_data_ready, const struct sock *sk)
 	return 0;
 }
 
-SEC("raw_tp/sock_recv_length")
-int BPF_PROG(raw_tp_sock_recv_length, struct sock *sk, int ret, int flags)
+SEC("raw_tp/tcp_rcv_space_adjust")
+int BPF_PROG(raw_tp_tcp_rcv_space_adjust, struct sock *sk)
 {
-	ON_RECV(sk, SK_PROTOCOL_CORE, RAW, ret, flags);
+	ON_READ(sk, RAW);
 	return 0;
 }
 

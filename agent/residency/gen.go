@@ -6,6 +6,6 @@ package residency
 //	go generate ./agent/residency
 //
 // -mcpu=v3 for the compare-and-swap that claims a socket's slot (kernel 5.12+, older than
-// the sock tracepoints' BTF arguments need anyway).
+// the sock_send_length tracepoint needs anyway).
 //
 //go:generate go tool bpf2go -tags linux -target amd64,arm64 -type tracked_proc -type sk_state residency ../../bpf/residency.c -- -I../../bpf/include -O2 -mcpu=v3 -g -Wall -Werror

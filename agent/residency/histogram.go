@@ -1,6 +1,6 @@
 // Package residency measures the time each request spends inside a proxy process (its
-// residency: what a sidecar adds to a request's latency), in the kernel, from the sock
-// tracepoints, without touching the proxy or its traffic.
+// residency: what a sidecar adds to a request's latency), in the kernel, from the socket and
+// TCP tracepoints, without touching the proxy or its traffic.
 //
 // The BPF side (bpf/residency.c) pairs each HTTP/1.1 request with its response per proxy
 // socket and adds the two legs it spends inside the proxy into per-CPU log-linear
@@ -45,7 +45,8 @@ const (
 	// ResponseLeg is arrival on the upstream socket to the write on the downstream one.
 	ResponseLeg
 	// QueueDownstream is arrival to first read on the proxy's downstream sockets: the
-	// proxy's wake-up and socket queueing alone.
+	// proxy's wake-up and socket queueing alone. One value per request, or per arrival
+	// with Options.Queueing.
 	QueueDownstream
 	// QueueUpstream is the same on the proxy's upstream sockets.
 	QueueUpstream
@@ -248,9 +249,6 @@ type Counters struct {
 	Events uint64
 	// Paired is the number of request/response exchanges recorded into Residency.
 	Paired uint64
-	// NoArrival counts requests read on a socket that had no state before the read (the
-	// first request of each connection accepted after tracing began): not recorded.
-	NoArrival uint64
 	// NoResponse counts answers written downstream with no upstream arrival seen.
 	NoResponse uint64
 	// LocalReply counts answers to requests the proxy never forwarded (its own replies).
@@ -265,7 +263,7 @@ type Counters struct {
 
 // Drops is every exchange seen but not recorded.
 func (c Counters) Drops() uint64 {
-	return c.NoArrival + c.NoResponse + c.UnpairedForward + c.Stale + c.StateFull
+	return c.NoResponse + c.UnpairedForward + c.Stale + c.StateFull
 }
 
 func (c *Counters) set(i int, v uint64) {
@@ -275,21 +273,19 @@ func (c *Counters) set(i int, v uint64) {
 	case 1:
 		c.Paired = v
 	case 2:
-		c.NoArrival = v
-	case 3:
 		c.NoResponse = v
-	case 4:
+	case 3:
 		c.LocalReply = v
-	case 5:
+	case 4:
 		c.UnpairedForward = v
-	case 6:
+	case 5:
 		c.Stale = v
-	case 7:
+	case 6:
 		c.StateFull = v
 	}
 }
 
-const numCounters = 8
+const numCounters = 7
 
 // Snapshot is one read of every histogram and counter.
 type Snapshot struct {
@@ -305,7 +301,7 @@ func (s *Snapshot) Sub(earlier *Snapshot) Snapshot {
 	}
 	a, b := s.Counters, earlier.Counters
 	d.Counters = Counters{
-		Events: a.Events - b.Events, Paired: a.Paired - b.Paired, NoArrival: a.NoArrival - b.NoArrival,
+		Events: a.Events - b.Events, Paired: a.Paired - b.Paired,
 		NoResponse: a.NoResponse - b.NoResponse, LocalReply: a.LocalReply - b.LocalReply,
 		UnpairedForward: a.UnpairedForward - b.UnpairedForward, Stale: a.Stale - b.Stale, StateFull: a.StateFull - b.StateFull,
 	}

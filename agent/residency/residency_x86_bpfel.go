@@ -19,13 +19,12 @@ type residencySkState struct {
 	T_ready uint64
 	T_read  uint64
 	T_fwd   uint64
-	T_next  uint64
 	T_queue uint64
 	T_burst uint64
 	Lport   uint16
 	Role    uint8
 	Phase   uint8
-	Pad     [4]uint8
+	Pad     [12]uint8
 }
 
 type residencyTidState struct {
@@ -49,25 +48,25 @@ type residencyTrackedProc struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	residencyMapCounters               = "counters"
-	residencyMapHist                   = "hist"
-	residencyMapListenPorts            = "listen_ports"
-	residencyMapProcs                  = "procs"
-	residencyMapScratch                = "scratch"
-	residencyMapSkKeys                 = "sk_keys"
-	residencyMapSocks                  = "socks"
-	residencyMapThreads                = "threads"
-	residencyMapTracked                = "tracked"
-	residencyProgRawTpInetSockSetState = "raw_tp_inet_sock_set_state"
-	residencyProgRawTpSkDataReady      = "raw_tp_sk_data_ready"
-	residencyProgRawTpSockRecvLength   = "raw_tp_sock_recv_length"
-	residencyProgRawTpSockSendLength   = "raw_tp_sock_send_length"
-	residencyProgTpBtfInetSockSetState = "tp_btf_inet_sock_set_state"
-	residencyProgTpBtfSkDataReady      = "tp_btf_sk_data_ready"
-	residencyProgTpBtfSockRecvLength   = "tp_btf_sock_recv_length"
-	residencyProgTpBtfSockSendLength   = "tp_btf_sock_send_length"
-	residencyVarQueueing               = "queueing"
-	residencyVarStaleNs                = "stale_ns"
+	residencyMapCounters                = "counters"
+	residencyMapHist                    = "hist"
+	residencyMapListenPorts             = "listen_ports"
+	residencyMapProcs                   = "procs"
+	residencyMapScratch                 = "scratch"
+	residencyMapSkKeys                  = "sk_keys"
+	residencyMapSocks                   = "socks"
+	residencyMapThreads                 = "threads"
+	residencyMapTracked                 = "tracked"
+	residencyProgRawTpInetSockSetState  = "raw_tp_inet_sock_set_state"
+	residencyProgRawTpSkDataReady       = "raw_tp_sk_data_ready"
+	residencyProgRawTpSockSendLength    = "raw_tp_sock_send_length"
+	residencyProgRawTpTcpRcvSpaceAdjust = "raw_tp_tcp_rcv_space_adjust"
+	residencyProgTpBtfInetSockSetState  = "tp_btf_inet_sock_set_state"
+	residencyProgTpBtfSkDataReady       = "tp_btf_sk_data_ready"
+	residencyProgTpBtfSockSendLength    = "tp_btf_sock_send_length"
+	residencyProgTpBtfTcpRcvSpaceAdjust = "tp_btf_tcp_rcv_space_adjust"
+	residencyVarQueueing                = "queueing"
+	residencyVarStaleNs                 = "stale_ns"
 )
 
 // loadResidency returns the embedded CollectionSpec for residency.
@@ -112,14 +111,14 @@ type residencySpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type residencyProgramSpecs struct {
-	RawTpInetSockSetState *ebpf.ProgramSpec `ebpf:"raw_tp_inet_sock_set_state"`
-	RawTpSkDataReady      *ebpf.ProgramSpec `ebpf:"raw_tp_sk_data_ready"`
-	RawTpSockRecvLength   *ebpf.ProgramSpec `ebpf:"raw_tp_sock_recv_length"`
-	RawTpSockSendLength   *ebpf.ProgramSpec `ebpf:"raw_tp_sock_send_length"`
-	TpBtfInetSockSetState *ebpf.ProgramSpec `ebpf:"tp_btf_inet_sock_set_state"`
-	TpBtfSkDataReady      *ebpf.ProgramSpec `ebpf:"tp_btf_sk_data_ready"`
-	TpBtfSockRecvLength   *ebpf.ProgramSpec `ebpf:"tp_btf_sock_recv_length"`
-	TpBtfSockSendLength   *ebpf.ProgramSpec `ebpf:"tp_btf_sock_send_length"`
+	RawTpInetSockSetState  *ebpf.ProgramSpec `ebpf:"raw_tp_inet_sock_set_state"`
+	RawTpSkDataReady       *ebpf.ProgramSpec `ebpf:"raw_tp_sk_data_ready"`
+	RawTpSockSendLength    *ebpf.ProgramSpec `ebpf:"raw_tp_sock_send_length"`
+	RawTpTcpRcvSpaceAdjust *ebpf.ProgramSpec `ebpf:"raw_tp_tcp_rcv_space_adjust"`
+	TpBtfInetSockSetState  *ebpf.ProgramSpec `ebpf:"tp_btf_inet_sock_set_state"`
+	TpBtfSkDataReady       *ebpf.ProgramSpec `ebpf:"tp_btf_sk_data_ready"`
+	TpBtfSockSendLength    *ebpf.ProgramSpec `ebpf:"tp_btf_sock_send_length"`
+	TpBtfTcpRcvSpaceAdjust *ebpf.ProgramSpec `ebpf:"tp_btf_tcp_rcv_space_adjust"`
 }
 
 // residencyMapSpecs contains maps before they are loaded into the kernel.
@@ -202,26 +201,26 @@ type residencyVariables struct {
 //
 // It can be passed to loadResidencyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type residencyPrograms struct {
-	RawTpInetSockSetState *ebpf.Program `ebpf:"raw_tp_inet_sock_set_state"`
-	RawTpSkDataReady      *ebpf.Program `ebpf:"raw_tp_sk_data_ready"`
-	RawTpSockRecvLength   *ebpf.Program `ebpf:"raw_tp_sock_recv_length"`
-	RawTpSockSendLength   *ebpf.Program `ebpf:"raw_tp_sock_send_length"`
-	TpBtfInetSockSetState *ebpf.Program `ebpf:"tp_btf_inet_sock_set_state"`
-	TpBtfSkDataReady      *ebpf.Program `ebpf:"tp_btf_sk_data_ready"`
-	TpBtfSockRecvLength   *ebpf.Program `ebpf:"tp_btf_sock_recv_length"`
-	TpBtfSockSendLength   *ebpf.Program `ebpf:"tp_btf_sock_send_length"`
+	RawTpInetSockSetState  *ebpf.Program `ebpf:"raw_tp_inet_sock_set_state"`
+	RawTpSkDataReady       *ebpf.Program `ebpf:"raw_tp_sk_data_ready"`
+	RawTpSockSendLength    *ebpf.Program `ebpf:"raw_tp_sock_send_length"`
+	RawTpTcpRcvSpaceAdjust *ebpf.Program `ebpf:"raw_tp_tcp_rcv_space_adjust"`
+	TpBtfInetSockSetState  *ebpf.Program `ebpf:"tp_btf_inet_sock_set_state"`
+	TpBtfSkDataReady       *ebpf.Program `ebpf:"tp_btf_sk_data_ready"`
+	TpBtfSockSendLength    *ebpf.Program `ebpf:"tp_btf_sock_send_length"`
+	TpBtfTcpRcvSpaceAdjust *ebpf.Program `ebpf:"tp_btf_tcp_rcv_space_adjust"`
 }
 
 func (p *residencyPrograms) Close() error {
 	return _ResidencyClose(
 		p.RawTpInetSockSetState,
 		p.RawTpSkDataReady,
-		p.RawTpSockRecvLength,
 		p.RawTpSockSendLength,
+		p.RawTpTcpRcvSpaceAdjust,
 		p.TpBtfInetSockSetState,
 		p.TpBtfSkDataReady,
-		p.TpBtfSockRecvLength,
 		p.TpBtfSockSendLength,
+		p.TpBtfTcpRcvSpaceAdjust,
 	)
 }
 

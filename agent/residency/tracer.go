@@ -20,22 +20,26 @@ import (
 )
 
 // hook is one program and the tracepoint it attaches to.
-type hook struct{ program, target string }
+type hook struct {
+	program, target string
+	// queueing hooks run only for Options.Queueing.
+	queueing bool
+}
 
 // hooks are the programs each tier runs. fentry and kprobe variants are not written: the
-// sock tracepoints exist wherever those would be needed less, and those tiers report so.
+// tracepoints exist wherever those would be needed less, and those tiers report so.
 var hooks = map[ebpftier.Tier][]hook{
 	ebpftier.TPBTF: {
-		{residencyProgTpBtfSkDataReady, "sk_data_ready"},
-		{residencyProgTpBtfSockRecvLength, "sock_recv_length"},
-		{residencyProgTpBtfSockSendLength, "sock_send_length"},
-		{residencyProgTpBtfInetSockSetState, "inet_sock_set_state"},
+		{residencyProgTpBtfTcpRcvSpaceAdjust, "tcp_rcv_space_adjust", false},
+		{residencyProgTpBtfSockSendLength, "sock_send_length", false},
+		{residencyProgTpBtfInetSockSetState, "inet_sock_set_state", false},
+		{residencyProgTpBtfSkDataReady, "sk_data_ready", true},
 	},
 	ebpftier.RawTP: {
-		{residencyProgRawTpSkDataReady, "sk_data_ready"},
-		{residencyProgRawTpSockRecvLength, "sock_recv_length"},
-		{residencyProgRawTpSockSendLength, "sock_send_length"},
-		{residencyProgRawTpInetSockSetState, "inet_sock_set_state"},
+		{residencyProgRawTpTcpRcvSpaceAdjust, "tcp_rcv_space_adjust", false},
+		{residencyProgRawTpSockSendLength, "sock_send_length", false},
+		{residencyProgRawTpInetSockSetState, "inet_sock_set_state", false},
+		{residencyProgRawTpSkDataReady, "sk_data_ready", true},
 	},
 }
 
@@ -56,8 +60,9 @@ type Options struct {
 	// agent's measurements leave it off.
 	RunStats bool
 	// Queueing also measures connection-level queueing (ForwardRequest, ForwardResponse),
-	// the method for loads whose requests cannot be paired with responses. It costs each of
-	// the proxy's writes another socket lookup, so HTTP/1.1 measurements leave it off.
+	// the method for loads whose requests cannot be paired with responses. It times arrivals
+	// at sk_data_ready, a hook in the sender's softirq, and costs each of the proxy's writes
+	// another socket lookup, so HTTP/1.1 measurements leave it off.
 	Queueing bool
 }
 
@@ -102,9 +107,15 @@ func StartAuto(tiers []ebpftier.Tier, pids []uint32, opts Options) (*Tracer, []e
 
 // StartWith is Start with options.
 func StartWith(tier ebpftier.Tier, pids []uint32, opts Options) (*Tracer, error) {
-	hs, ok := hooks[tier]
+	all, ok := hooks[tier]
 	if !ok {
 		return nil, fmt.Errorf("residency tier %s: %w", tier, ErrNotImplemented)
+	}
+	var hs []hook
+	for _, h := range all {
+		if !h.queueing || opts.Queueing {
+			hs = append(hs, h)
+		}
 	}
 	memlockErr := memlockOnce()
 	spec, err := loadResidency()

@@ -32,15 +32,15 @@ func requireRoot(t *testing.T) {
 	}
 }
 
-// kernelHasSockTracepoints is independent evidence that the hooks exist, so the tests
+// kernelHasTracepoints is independent evidence that the hooks exist, so the tests
 // check the tracer against the kernel rather than a remembered matrix.
-func kernelHasSockTracepoints(t *testing.T) bool {
+func kernelHasTracepoints(t *testing.T) bool {
 	spec, err := btf.LoadKernelSpec()
 	if err != nil {
 		t.Logf("no kernel BTF: %v", err)
 		return false
 	}
-	for _, tp := range []string{"sk_data_ready", "sock_recv_length", "sock_send_length", "inet_sock_set_state"} {
+	for _, tp := range []string{"tcp_rcv_space_adjust", "sock_send_length", "inet_sock_set_state", "sk_data_ready"} {
 		if _, err := spec.AnyTypeByName("btf_trace_" + tp); err != nil {
 			t.Logf("kernel BTF has no %s tracepoint", tp)
 			return false
@@ -280,12 +280,12 @@ func measure(t *testing.T, tr *Tracer, p runningProxy) measurement {
 func (m measurement) report(t *testing.T, label string) {
 	h := &m.snap.Histograms
 	c := m.snap.Counters
-	t.Logf("%s: client p50 %v | log p50 %v (from write starts %v) | eBPF residency p50 %v p90 %v p99 %v (n=%d), from reads p50 %v mean %v, request leg p50 %v, response leg p50 %v, queueing p50 down %v up %v, forward p50 request %v (n=%d) response %v (n=%d) | paired %d/%d, no-arrival %d, no-response %d, unpaired-forward %d, stale %d | %d BPF runs, mean %v",
+	t.Logf("%s: client p50 %v | log p50 %v (from write starts %v) | eBPF residency p50 %v p90 %v p99 %v (n=%d), from reads p50 %v mean %v, request leg p50 %v, response leg p50 %v, queueing p50 down %v up %v, forward p50 request %v (n=%d) response %v (n=%d) | paired %d/%d, no-response %d, unpaired-forward %d, stale %d | %d BPF runs, mean %v",
 		label, m.clientP50, m.logP50, m.logStartP50, h[Residency].Quantile(0.5), h[Residency].Quantile(0.9), h[Residency].Quantile(0.99), h[Residency].Total(),
 		h[ResidencyRead].Quantile(0.5), h[ResidencyRead].Mean(), h[RequestLeg].Quantile(0.5), h[ResponseLeg].Quantile(0.5),
 		h[QueueDownstream].Quantile(0.5), h[QueueUpstream].Quantile(0.5),
 		h[ForwardRequest].Quantile(0.5), h[ForwardRequest].Total(), h[ForwardResponse].Quantile(0.5), h[ForwardResponse].Total(),
-		c.Paired, m.logLength, c.NoArrival, c.NoResponse, c.UnpairedForward, c.Stale, m.stats.Runs, m.stats.MeanRuntime())
+		c.Paired, m.logLength, c.NoResponse, c.UnpairedForward, c.Stale, m.stats.Runs, m.stats.MeanRuntime())
 	for name, ps := range m.stats.PerProgram {
 		t.Logf("  %s: %d runs, mean %v", name, ps.Runs, ps.Runtime/time.Duration(max(ps.Runs, 1)))
 	}
@@ -345,7 +345,7 @@ func checkDelay(t *testing.T, base, m measurement, d time.Duration) {
 // logs its own time per request, traced by each tier this kernel allows.
 func TestResidencyMatchesProxyLog(t *testing.T) {
 	requireRoot(t)
-	hooks := kernelHasSockTracepoints(t)
+	hooks := kernelHasTracepoints(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -394,7 +394,7 @@ func TestUntrackedProxyIsNotMeasured(t *testing.T) {
 	requireRoot(t)
 	tr, attempts := StartAuto(ebpftier.Order, nil, Options{})
 	if tr == nil {
-		if kernelHasSockTracepoints(t) {
+		if kernelHasTracepoints(t) {
 			t.Fatalf("no tier attached: %+v", attempts)
 		}
 		t.Skip("kernel has no sock tracepoints")
@@ -493,7 +493,7 @@ func TestTierChoice(t *testing.T) {
 		if want != ebpftier.None {
 			t.Fatalf("automatic choice found nothing; %s works alone: %+v", want, attempts)
 		}
-		if kernelHasSockTracepoints(t) {
+		if kernelHasTracepoints(t) {
 			t.Fatalf("no tier attached although the kernel has the hooks: %+v", attempts)
 		}
 		return
@@ -634,7 +634,7 @@ func TestStateFreedOnClose(t *testing.T) {
 			p := startProxy(t, 0, "127.0.0.1:0", up)
 			tr, err := Start(tier, []uint32{p.pid})
 			if err != nil {
-				if kernelHasSockTracepoints(t) {
+				if kernelHasTracepoints(t) {
 					t.Fatalf("%s did not start: %v", tier, err)
 				}
 				t.Skipf("%s unavailable: %v", tier, err)
@@ -661,9 +661,10 @@ func TestStateFreedOnClose(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// Each connection's first request has no arrival; the other four pair.
-			if snap.Counters.Paired != 12 {
-				t.Errorf("paired %d of 15 requests on 3 connections; want 12 (%+v)", snap.Counters.Paired, snap.Counters)
+			// Every request pairs, each connection's first too: its arrival is read from
+			// the TCP clock at the read, after the socket has state.
+			if snap.Counters.Paired != 15 {
+				t.Errorf("paired %d of 15 requests on 3 connections; want 15 (%+v)", snap.Counters.Paired, snap.Counters)
 			}
 			// Queueing was not asked for.
 			if n := snap.Histograms[ForwardRequest].Total() + snap.Histograms[ForwardResponse].Total(); n != 0 {
