@@ -32,9 +32,9 @@ func main() {
 	idleWindow := flag.Duration("idle-window", 30*time.Second, "how long to measure the agent's idle CPU")
 	scrapeEvery := flag.Duration("scrape-every", 10*time.Second, "Prometheus scrape interval during the idle window")
 	sidecars := flag.Int("sidecars", 10, "sidecars the agent tracks during the idle window")
-	rounds := flag.Int("rounds", 8, "load rounds with tracing on and as many with it off (in ABBA order)")
-	pairs := flag.Int("pairs", 12, "pairs of rounds with two chains (upstream, proxy, load process) loaded side by side, each traced in turn")
-	roundLen := flag.Duration("round", 5*time.Second, "length of each load round")
+	quartets := flag.Int("quartets", 60, "ABBA quartets of windows with tracing switched on and off under one load")
+	windowLen := flag.Duration("window", 500*time.Millisecond, "length of each tracing window")
+	roundLen := flag.Duration("round", 5*time.Second, "length of each run-time accounting round")
 	conns := flag.Int("connections", 16, "closed-loop connections")
 	skipIdle := flag.Bool("skip-idle", false, "skip the agent idle measurement")
 	skipProxy := flag.Bool("skip-proxy", false, "skip the tracing-overhead measurement")
@@ -50,8 +50,8 @@ func main() {
 		return
 	}
 
-	if !*skipProxy && (*rounds < 2 || *pairs < 1 || *roundLen <= 0) {
-		fmt.Fprintln(os.Stderr, "agentbench: the tracing measurement needs -rounds ≥ 2 (one ABBA quartet), -pairs ≥ 1 and a positive -round")
+	if !*skipProxy && (*quartets < 1 || *windowLen <= 0 || *roundLen <= 0) {
+		fmt.Fprintln(os.Stderr, "agentbench: the tracing measurement needs -quartets ≥ 1 and a positive -window and -round")
 		os.Exit(2)
 	}
 	if os.Geteuid() != 0 {
@@ -74,7 +74,7 @@ func main() {
 		}
 	}
 	if !*skipProxy && ctx.Err() == nil {
-		r, err := measureTracing(ctx, tracingConfig{rounds: *rounds, pairs: *pairs, round: *roundLen, connections: *conns})
+		r, err := measureTracing(ctx, tracingConfig{quartets: *quartets, window: *windowLen, round: *roundLen, connections: *conns})
 		rows = append(rows, r...)
 		if err != nil {
 			failed = true
