@@ -382,7 +382,7 @@ func TestResidencyMatchesProxyLog(t *testing.T) {
 		}
 	}
 	if hooks && !worked[ebpftier.RawTP] {
-		t.Error("kernel BTF has the sock tracepoints, but raw_tp residency did not attach as root")
+		t.Error("kernel BTF has the residency tracepoints, but raw_tp residency did not attach as root")
 	}
 	if !worked[ebpftier.TPBTF] && !worked[ebpftier.RawTP] && hooks {
 		t.Error("no tier produced a residency result")
@@ -397,7 +397,7 @@ func TestUntrackedProxyIsNotMeasured(t *testing.T) {
 		if kernelHasTracepoints(t) {
 			t.Fatalf("no tier attached: %+v", attempts)
 		}
-		t.Skip("kernel has no sock tracepoints")
+		t.Skip("kernel lacks the residency tracepoints")
 	}
 	defer tr.Close()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

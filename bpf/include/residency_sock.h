@@ -2,7 +2,7 @@
 /*
  * The socket fields the residency programs read beyond kernel.h's. They are declared as
  * CO-RE flavours (the ___mesh suffix is dropped when matching the kernel's BTF), so they
- * relocate against the kernel's struct sock without redefining kernel.h's.
+ * relocate against the kernel's struct sock and tcp_sock without redefining kernel.h's.
  */
 #ifndef __MESH_RESIDENCY_SOCK_H__
 #define __MESH_RESIDENCY_SOCK_H__
