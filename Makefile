@@ -35,9 +35,8 @@ test: deps
 
 # Measurement programs: print figures, assert nothing about speed. The load generator is
 # compared with fortio (built into the cache; later releases need a module the proxy refuses)
-# and Debian's wrk.
+# and Debian's wrk (make deps installs it).
 bench: deps
-	command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	test -x .cache/bin/fortio || GOBIN=$(CURDIR)/.cache/bin $(GO) install fortio.org/fortio@v1.66.5
 	$(GO) test -run '^$$' -bench . ./pkg/agents ./plugin
 	$(GO) run ./test/bench

@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# chromium renders the HTML report in its tests.
-packages=(etcd-server containerd runc containernetworking-plugins iptables iproute2 nginx clang llvm libbpf-dev protobuf-compiler chromium)
+# chromium renders the HTML report in its tests; wrk is the load generator's peer in
+# make bench.
+packages=(etcd-server containerd runc containernetworking-plugins iptables iproute2 nginx clang llvm libbpf-dev protobuf-compiler chromium wrk)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -484,7 +484,8 @@ func describeCluster(ctx context.Context, c *cluster, pods []targetPod, targets 
 		}
 		env.Nodes = append(env.Nodes, environmentNode(n))
 	}
-	return detectMesh(ctx, c, pods, warn), env
+	// Every pod was recognised as meshed when the target was resolved.
+	return detectMesh(ctx, c, pods[0].mesh, warn), env
 }
 
 func environmentNode(n *corev1.Node) *perfrun.Node {

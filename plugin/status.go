@@ -11,6 +11,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
+	"github.com/kubectl-mesh/kubectl-mesh/agent/discovery"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/meshdetect"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/perfrun"
 )
@@ -163,9 +164,7 @@ func writeMeshStatus(w io.Writer, rep *meshdetect.Report) error {
 // detectMesh names the mesh of the target's sidecars, with the version and namespace its
 // control plane shows. A mesh whose control plane is not found is still named, with a
 // warning, since the sidecars are what is measured.
-func detectMesh(ctx context.Context, c *cluster, pods []targetPod, warn io.Writer) *perfrun.Mesh {
-	// Every pod was recognised as meshed when the target was resolved.
-	name := pods[0].mesh
+func detectMesh(ctx context.Context, c *cluster, name discovery.Mesh, warn io.Writer) *perfrun.Mesh {
 	out := &perfrun.Mesh{Name: string(name)}
 	rep, err := meshdetect.Detect(ctx, c.clientset, meshdetect.Options{})
 	if err != nil {

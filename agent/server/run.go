@@ -423,13 +423,17 @@ func (a *Agent) measurePod(ctx context.Context, job podJob, counters *runCounter
 	return out
 }
 
+// pairable says whether the residency programs pair p's requests with their responses;
+// the other protocols are measured by connection-level queueing.
+func pairable(p loadgen.Protocol) bool { return p == loadgen.HTTP1 }
+
 // residencyResult turns a traced window into the pod's eBPF added latency: request and
 // response paired for HTTP/1.1, connection-level queueing for the protocols that multiplex
 // or have no requests to pair. The problem says why there is none.
 func residencyResult(w *residency.Snapshot, p loadgen.Protocol, tier ebpftier.Tier) (*agentapi.AddedLatency, string) {
 	var h residency.Histogram
 	method := ResidencyMethod
-	if p == loadgen.HTTP1 {
+	if pairable(p) {
 		h = w.Histograms[residency.Residency]
 		if h.Total() == 0 {
 			return nil, fmt.Sprintf("eBPF residency (tier %s) paired no request with its response", tier)
@@ -513,7 +517,7 @@ func startResidency(job podJob, pids []uint32) (*residency.Tracer, string) {
 		return nil, "eBPF residency not measured: no eBPF tier attaches on this node"
 	}
 	// Pairing needs no queueing; the protocols it cannot pair need nothing else.
-	opts := residency.Options{Queueing: job.Load.Protocol != loadgen.HTTP1}
+	opts := residency.Options{Queueing: !pairable(job.Load.Protocol)}
 	if job.Forced {
 		t, err := residency.StartWith(job.Tiers[0], pids, opts)
 		if err != nil {

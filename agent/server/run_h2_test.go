@@ -17,6 +17,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/kubectl-mesh/kubectl-mesh/agent/discovery"
 	"github.com/kubectl-mesh/kubectl-mesh/agent/ebpftier"
 	"github.com/kubectl-mesh/kubectl-mesh/agent/netns"
 	"github.com/kubectl-mesh/kubectl-mesh/agent/netns/podtest"
@@ -151,7 +152,7 @@ func TestRunHTTP2Queueing(t *testing.T) {
 		t.Cleanup(func() { app.Close() })
 		pid := startH2Proxy(t, pod, delay)
 
-		sc := standinSidecar(t, "grpc-0", pod.PodIP, pid)
+		sc := standinSidecar(t, "grpc-0", pod.PodIP, discovery.Process{PID: pid, Comm: "envoy", Role: discovery.RoleProxy})
 		c := dial(t, New(Facts{NodeName: "n1", Tier: tier}, SyncedDiscovery(staticSource{sc}), sampler))
 		req := &agentapi.RunRequest{
 			RunId:   fmt.Sprintf("h2-%v", delay),

@@ -371,12 +371,12 @@ func TestRunRealNginxSidecar(t *testing.T) {
 		t.Fatal("needs root: creates a network namespace, a veth pair, iptables rules and eBPF programs")
 	}
 	podIP, _, pids := realPod(t)
-	sc := standinSidecar(t, "web-0", podIP, pids[0])
-	sc.ProxyUID = podtest.ProxyUID
-	sc.Processes = nil
+	var procs []discovery.Process
 	for _, pid := range pids {
-		sc.Processes = append(sc.Processes, discovery.Process{PID: pid, Comm: "nginx", UID: podtest.ProxyUID, Role: discovery.RoleProxy})
+		procs = append(procs, discovery.Process{PID: pid, Comm: "nginx", UID: podtest.ProxyUID, Role: discovery.RoleProxy})
 	}
+	sc := standinSidecar(t, "web-0", podIP, procs...)
+	sc.ProxyUID = podtest.ProxyUID
 	sampler, err := usage.NewSampler("", "")
 	if err != nil {
 		t.Fatal(err)
@@ -477,11 +477,11 @@ func TestRunRealNginxSidecar(t *testing.T) {
 	}
 }
 
-// standinSidecar describes a proxy process started by a test as the istio-proxy sidecar of
-// pod shop/name, with the cgroup the process is in, the way discovery would.
-func standinSidecar(t *testing.T, name, podIP string, pid int) discovery.Sidecar {
+// standinSidecar describes proxy processes started by a test as the istio-proxy sidecar of
+// pod shop/name, with the cgroup the first is in, the way discovery would.
+func standinSidecar(t *testing.T, name, podIP string, procs ...discovery.Process) discovery.Sidecar {
 	t.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/cgroup", pid))
+	f, err := os.Open(fmt.Sprintf("/proc/%d/cgroup", procs[0].PID))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -495,7 +495,7 @@ func standinSidecar(t *testing.T, name, podIP string, pid int) discovery.Sidecar
 		PodIPs:      []string{podIP},
 		ContainerID: "istio-proxy-standin",
 		CgroupPaths: discovery.CgroupPaths(lines),
-		Processes:   []discovery.Process{{PID: pid, Comm: "envoy", Role: discovery.RoleProxy}},
+		Processes:   procs,
 	}
 	sc.Recognition.Container = "istio-proxy"
 	return sc

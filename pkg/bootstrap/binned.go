@@ -114,8 +114,7 @@ func newBinned(bins []Bin) (binned, bool) {
 func (b *binned) ranks(qs []float64, order []int) []int64 {
 	r := make([]int64, len(order))
 	for j, i := range order {
-		k := int64(math.Ceil(qs[i] * float64(b.n)))
-		r[j] = min(max(k, 1), b.n)
+		r[j] = rank(qs[i], b.n)
 	}
 	return r
 }

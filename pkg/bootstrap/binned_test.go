@@ -121,6 +121,9 @@ func TestBinnedEdgeCases(t *testing.T) {
 	}
 	// One bin each: every resample is the data itself.
 	ds := BinnedDeltas(one, []Bin{{Value: 100, Count: 3}}, qs, 100, 0.95, rng)
+	if len(ds) != len(qs) {
+		t.Fatalf("one bin: %d deltas for %d quantiles", len(ds), len(qs))
+	}
 	for _, d := range ds {
 		if d.Value != 200 || d.CILow != 200 || d.CIHigh != 200 || d.Through != 300 || d.Around != 100 {
 			t.Errorf("one bin: %+v", d)
@@ -132,6 +135,9 @@ func TestBinnedEdgeCases(t *testing.T) {
 	clean := []Bin{{Value: 10, Count: 4}, {Value: 30, Count: 1}, {Value: 40, Count: 5}}
 	x := BinnedDeltas(messy, clean, qs, 200, 0.95, rand.New(rand.NewPCG(9, 9)))
 	y := BinnedDeltas(clean, clean, qs, 200, 0.95, rand.New(rand.NewPCG(9, 9)))
+	if len(x) != len(qs) || len(y) != len(qs) {
+		t.Fatalf("messy bins: %d and %d deltas for %d quantiles", len(x), len(y), len(qs))
+	}
 	for i := range x {
 		if x[i] != y[i] {
 			t.Errorf("messy bins: %+v, clean %+v", x[i], y[i])

@@ -62,9 +62,12 @@ type Delta struct {
 // QuantileOfSorted is the nearest-rank quantile: the smallest sample with at least q of the
 // samples at or below it.
 func QuantileOfSorted(s []int64, q float64) int64 {
-	k := int(math.Ceil(q * float64(len(s))))
-	k = min(max(k, 1), len(s))
-	return s[k-1]
+	return s[rank(q, int64(len(s)))-1]
+}
+
+// rank is the 1-based position of the nearest-rank q quantile among n samples.
+func rank(q float64, n int64) int64 {
+	return min(max(int64(math.Ceil(q*float64(n))), 1), n)
 }
 
 // resampleQuantiles draws len(s) indices with replacement and writes the nearest-rank
@@ -80,9 +83,7 @@ func resampleQuantiles(s []int64, qs []float64, order []int, rng *rand.Rand, cou
 	for i, c := range counts {
 		cum += int(c)
 		for j < len(order) {
-			k := int(math.Ceil(qs[order[j]] * float64(n)))
-			k = min(max(k, 1), n)
-			if cum < k {
+			if int64(cum) < rank(qs[order[j]], int64(n)) {
 				break
 			}
 			out[order[j]] = s[i]

@@ -123,28 +123,23 @@ func detach(c net.Conn) (int, error) {
 	return fd, nil
 }
 
-// loopCount is one loop per P, like wrk's thread per core. A loop blocks in epoll_wait as
-// a system call holding its P; with every P held so, sysmon takes one back each 20 µs tick
-// and the loop must win a P again on each return, so on 2 cores two loops spend about
-// 16 µs of CPU per request where one spends 12.5 (wrk: 13.5). But one loop serialises the
-// generator's side of every connection, and on a quiet machine it reached a lower rate than
-// two (under load from elsewhere the two were within noise). Parking the loops in Go's
-// netpoller instead (the epoll fd wrapped in an os.File) holds no P but cost as much CPU
-// for no better rate.
-func loopCount(procs int) int {
-	return max(1, procs)
-}
-
-// newH1Loops moves the run's connections into loopCount(GOMAXPROCS) event loops (at most
-// one per connection);
-// worker i goes to loop i mod n and records into that loop's shard. It returns nil, with
-// the connections untouched, when they cannot be detached (a dial hook returning something
-// other than a socket), and the run then uses a goroutine per connection.
+// newH1Loops moves the run's connections into GOMAXPROCS event loops (at most one per
+// connection); worker i goes to loop i mod n and records into that loop's shard. It returns
+// nil, with the connections untouched, when they cannot be detached (a dial hook returning
+// something other than a socket), and the run then uses a goroutine per connection.
+//
+// One loop per P, like wrk's thread per core. A loop blocks in epoll_wait as a system call
+// holding its P; with every P held so, sysmon takes one back each 20 µs tick and the loop
+// must win a P again on each return, so on 2 cores two loops spend about 16 µs of CPU per
+// request where one spends 12.5 (wrk: 13.5). But one loop serialises the generator's side
+// of every connection, and on a quiet machine it reached a lower rate than two (under load
+// from elsewhere the two were within noise). Parking the loops in Go's netpoller instead
+// (the epoll fd wrapped in an os.File) holds no P but cost as much CPU for no better rate.
 func newH1Loops(ctx context.Context, o *Options, workers []*worker, shards []*shard, now func() int64, warmup, end int64, stopped *atomic.Bool) (*h1Loops, error) {
 	if !detachable(workers) {
 		return nil, nil
 	}
-	n := min(len(workers), loopCount(runtime.GOMAXPROCS(0)))
+	n := min(len(workers), runtime.GOMAXPROCS(0))
 	ls := &h1Loops{}
 	fail := func(err error) (*h1Loops, error) {
 		ls.close()
@@ -172,8 +167,8 @@ func newH1Loops(ctx context.Context, o *Options, workers []*worker, shards []*sh
 	for i, w := range workers {
 		l := ls.loops[i%n]
 		h := w.cl.(*h1Client)
-		l.req, l.head = h.req, h.head
-		w.sh = shards[i%n%len(shards)]
+		l.req, l.head = h.req, h.head // every worker's request is the same
+		w.sh = shards[i%n]
 		fd, err := detach(h.conn)
 		h.conn = nil
 		if err != nil {
@@ -385,11 +380,7 @@ func (l *h1Loop) read(c *loopConn) {
 			l.complete(c)
 			return
 		}
-		used, err := c.p.feed(l.buf[:n])
-		if err == nil && c.p.done() && used < n {
-			err = kindErr(ErrProtocol, errTrailingBytes)
-		}
-		if err != nil {
+		if _, err := c.p.feed(l.buf[:n]); err != nil {
 			l.fail(c, err)
 			return
 		}

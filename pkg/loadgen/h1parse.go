@@ -52,8 +52,8 @@ func (p *respParser) reset(head bool) {
 
 func (p *respParser) done() bool { return p.state == psDone }
 
-// feed consumes b and returns how many bytes belong to the response; when the response
-// ends inside b (done), the rest is not its.
+// feed consumes b and returns how many bytes belong to the response. Bytes after the end
+// of the response (done) are the server's error: errTrailingBytes.
 func (p *respParser) feed(b []byte) (int, error) {
 	if len(b) > 0 {
 		p.got = true
@@ -98,6 +98,9 @@ func (p *respParser) feed(b []byte) (int, error) {
 				return i, err
 			}
 		}
+	}
+	if i < len(b) {
+		return i, kindErr(ErrProtocol, errTrailingBytes)
 	}
 	return i, nil
 }

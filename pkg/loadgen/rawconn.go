@@ -207,11 +207,7 @@ func (h *h1Client) exchange(ctx context.Context) error {
 	for !h.p.done() {
 		n, rerr := c.Read(h.buf)
 		if n > 0 {
-			used, err := h.p.feed(h.buf[:n])
-			if err == nil && h.p.done() && used < n {
-				err = kindErr(ErrProtocol, errTrailingBytes)
-			}
-			if err != nil {
+			if _, err := h.p.feed(h.buf[:n]); err != nil {
 				h.drop()
 				return err
 			}

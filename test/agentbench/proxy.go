@@ -20,6 +20,7 @@ import (
 	"github.com/kubectl-mesh/kubectl-mesh/agent/netns/podtest"
 	"github.com/kubectl-mesh/kubectl-mesh/agent/residency"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/loadgen"
+	"github.com/prometheus/procfs"
 )
 
 type tracingConfig struct {
@@ -42,7 +43,6 @@ var modeNames = map[mode]string{onStats: "on+stats", untracked: "untracked", emp
 
 // roundResult is one load round.
 type roundResult struct {
-	mode   mode
 	rate   float64
 	errors uint64
 	// requests completed and the CPU time the exchange's own processes (this load generator,
@@ -50,14 +50,11 @@ type roundResult struct {
 	// the round. Other work on the machine is left out.
 	requests uint64
 	cpu      time.Duration
-	// The programs' runs and run time (accounting rounds only), per program, and what the
-	// tracer saw.
+	// The programs' runs and run time, per program, and the tracked events the tracer saw.
 	runs    uint64
 	runtime time.Duration
 	perProg map[string]residency.ProgramStat
 	events  uint64
-	paired  uint64
-	drops   uint64
 }
 
 // measureTracing drives an nginx reverse proxy (in front of an nginx upstream) at its maximum
@@ -154,6 +151,13 @@ func measureTracing(ctx context.Context, cfg tracingConfig) (rows []row, err err
 		ratioRow("the floor, CPU-bound: CPU/req off ÷ empty programs", floorCPU),
 		row{"kernel dispatch per event to an empty program (socket write+read loop)", fmt.Sprintf("%.0f ns", dispatch), "-", ""},
 	)
+	var errs uint64
+	for _, rs := range acct {
+		for _, r := range rs {
+			errs += r.errors
+		}
+	}
+	rows = append(rows, row{"load errors (accounting rounds)", strconv.FormatUint(errs, 10), "0", verdict(errs == 0)})
 
 	// Run time per event. The accounting rounds' runs include every socket event on the node,
 	// other programs' traffic too; those are all rejections, which the untracked rounds cost.
@@ -275,7 +279,7 @@ func sumRequests(rs []roundResult) uint64 {
 // runRound runs one load round with m attached and the run-time accounting on; attaching
 // and detaching stay outside the measured window.
 func runRound(ctx context.Context, load loadgen.Options, m mode, pids []uint32, parts []int) (roundResult, error) {
-	r := roundResult{mode: m}
+	var r roundResult
 	var tr *residency.Tracer
 	var stats func() (residency.ProgramStats, error)
 	switch m {
@@ -343,7 +347,7 @@ func runRound(ctx context.Context, load loadgen.Options, m mode, pids []uint32, 
 			return r, err
 		}
 		d := snap.Sub(&snapBefore)
-		r.events, r.paired, r.drops = d.Counters.Events, d.Counters.Paired, d.Counters.Drops()
+		r.events = d.Counters.Events
 		if m == untracked && r.events != 0 {
 			return r, fmt.Errorf("the programs counted %d events with nothing tracked", r.events)
 		}
@@ -444,7 +448,7 @@ func meanRun(runs uint64, runtime time.Duration) time.Duration {
 }
 
 // processCPU is the CPU time (user and system) the given processes have used: this process
-// from getrusage, the others from /proc/<pid>/stat.
+// from getrusage (finer than /proc's 10 ms steps), the others from /proc/<pid>/stat.
 func processCPU(pids []int) (time.Duration, error) {
 	var total time.Duration
 	for _, pid := range pids {
@@ -456,24 +460,15 @@ func processCPU(pids []int) (time.Duration, error) {
 			total += time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 			continue
 		}
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		p, err := procfs.NewProc(pid)
 		if err != nil {
 			return 0, err
 		}
-		// Fields after the command name, which is in parentheses and may hold spaces.
-		_, rest, ok := strings.Cut(string(data), ") ")
-		f := strings.Fields(rest)
-		if !ok || len(f) < 13 {
-			return 0, fmt.Errorf("/proc/%d/stat: unexpected %q", pid, data)
+		st, err := p.Stat()
+		if err != nil {
+			return 0, err
 		}
-		for _, v := range f[11:13] { // utime, stime
-			n, err := strconv.ParseUint(v, 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
-			}
-			// USER_HZ is 100 on every Linux ABI Go supports.
-			total += time.Duration(n) * 10 * time.Millisecond
-		}
+		total += time.Duration(st.CPUTime() * float64(time.Second))
 	}
 	return total, nil
 }

@@ -36,6 +36,7 @@ import (
 
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/histogram"
 	"github.com/kubectl-mesh/kubectl-mesh/pkg/loadgen"
+	"github.com/prometheus/procfs"
 )
 
 func main() {
@@ -176,8 +177,9 @@ func run(duration time.Duration, conns int, rate float64, rounds, openRounds int
 		if err != nil {
 			return fmt.Errorf("loadgen open loop: %w", err)
 		}
-		serverDelta(&ol, before, nginxCPU(nginxPID))
-		before = nginxCPU(nginxPID)
+		after := nginxCPU(nginxPID)
+		serverDelta(&ol, before, after)
+		before = after
 		fl, err := runFortio(fortio, url, rate, conns, duration)
 		if err != nil {
 			return fmt.Errorf("fortio -qps: %w", err)
@@ -216,18 +218,13 @@ func run(duration time.Duration, conns int, rate float64, rounds, openRounds int
 		ours := tools[0].rows
 		targets := map[string]float64{"fortio": 1.0, "wrk": 0.8}
 		for _, t := range tools[1:] {
-			c := struct {
-				t      *tool
-				target float64
-			}{t, targets[t.name]}
 			ratios := make([]float64, len(ours))
 			for i := range ours {
-				ratios[i] = ours[i].achieved / c.t.rows[i].achieved
+				ratios[i] = ours[i].achieved / t.rows[i].achieved
 			}
-			slices.Sort(ratios)
 			fmt.Printf("  loadgen / %-6s %.2f× of medians (target ≥ %.1f), %.2f× of bests; per round %.2f× median, %.2f×–%.2f×; CPU per request %.2f×\n",
-				c.t.name, median(ours, achieved)/median(c.t.rows, achieved), c.target, best(ours)/best(c.t.rows),
-				ratios[len(ratios)/2], ratios[0], ratios[len(ratios)-1], median(ours, cpuPerReq)/median(c.t.rows, cpuPerReq))
+				t.name, median(ours, achieved)/median(t.rows, achieved), targets[t.name], best(ours)/best(t.rows),
+				medianOf(ratios), slices.Min(ratios), slices.Max(ratios), median(ours, cpuPerReq)/median(t.rows, cpuPerReq))
 		}
 	}
 	if openRounds > 0 {
@@ -242,6 +239,11 @@ func median(rs []row, f func(row) float64) float64 {
 	for i, r := range rs {
 		v[i] = f(r)
 	}
+	return medianOf(v)
+}
+
+// medianOf sorts v and returns its median.
+func medianOf(v []float64) float64 {
 	slices.Sort(v)
 	if len(v)%2 == 0 {
 		return (v[len(v)/2-1] + v[len(v)/2]) / 2
@@ -272,28 +274,11 @@ func serverPerReq(r row) float64 {
 // the serving, and the generator's own cost means little without theirs.
 func nginxCPU(master int) map[int]time.Duration {
 	out := map[int]time.Duration{}
-	dirs, _ := os.ReadDir("/proc")
-	for _, d := range dirs {
-		pid, err := strconv.Atoi(d.Name())
-		if err != nil {
-			continue
+	procs, _ := procfs.AllProcs()
+	for _, p := range procs {
+		if st, err := p.Stat(); err == nil && st.PPID == master {
+			out[p.PID] = time.Duration(st.CPUTime() * float64(time.Second))
 		}
-		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// Fields after the command name, which is in parentheses and may hold spaces.
-		i := strings.LastIndexByte(string(b), ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) < 13 || f[1] != strconv.Itoa(master) {
-			continue
-		}
-		u, _ := strconv.ParseInt(f[11], 10, 64)
-		s, _ := strconv.ParseInt(f[12], 10, 64)
-		out[pid] = time.Duration(u+s) * time.Second / clockTicks
 	}
 	return out
 }
@@ -303,7 +288,6 @@ func nginxCPU(master int) map[int]time.Duration {
 // (reuseport), and a tool whose connections mostly hit one worker is capped by it.
 func serverDelta(r *row, before, after map[int]time.Duration) {
 	var shares []time.Duration
-	r.server = 0
 	for pid, t := range after {
 		d := t - before[pid]
 		r.server += d
@@ -320,10 +304,6 @@ func serverDelta(r *row, before, after map[int]time.Duration) {
 	}
 	r.note = strings.TrimSpace(r.note + " nginx split " + strings.Join(parts, "/") + "%")
 }
-
-// clockTicks is USER_HZ, the unit of /proc/<pid>/stat times: 100 on every Linux ABI Go
-// supports.
-const clockTicks = 100
 
 func cpuPerReq(r row) float64 {
 	if r.requests == 0 {
